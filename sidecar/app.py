@@ -1,0 +1,83 @@
+"""Wiring: configuration in, a serving sidecar out, an exit code when it is done."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from sidecar.backends import create_backend
+from sidecar.clock import Clock, SystemClock
+from sidecar.drain import SignalDrain
+from sidecar.leases import LeaseTable
+from sidecar.machine import Machine, Policy
+from sidecar.reconciler import Reconciler
+from sidecar.web import Api, build_app
+
+if TYPE_CHECKING:
+    from sidecar.config import Config
+
+log = logging.getLogger("sidecar")
+
+EXIT_ERROR = 1
+
+
+def build_reconciler(config: Config, clock: Clock) -> Reconciler:
+    policy = Policy(
+        expires_minutes=config.expires_minutes,
+        idle_grace=config.idle_grace_seconds,
+        max_protected=config.max_protected_seconds,
+    )
+    machine = Machine(policy, clock, LeaseTable(config.max_leases))
+    return Reconciler(machine, create_backend(config, clock), clock)
+
+
+async def serve(config: Config, clock: Clock | None = None) -> int:
+    """Serve until drained or forced to stop; return the process exit code."""
+    clock = clock or SystemClock()
+    reconciler = build_reconciler(config, clock)
+    api = Api(reconciler, clock, reconciler.backend.name, config.token)
+    # A short shutdown timeout: requests still waiting for confirmation when the
+    # process exits are cut off rather than holding the exit back.
+    runner = web.AppRunner(build_app(api), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    drain = SignalDrain(reconciler, config.drain_timeout_seconds)
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)  # noqa: TRY400
+            return EXIT_ERROR
+        port = _bound_port(runner) or config.port
+        drain.install()
+        log.info(
+            "ecs-protection-sidecar listening on http://%s:%d with backend %s%s",
+            config.host,
+            port,
+            reconciler.backend.name,
+            " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
+            extra={"config": config.describe(), "port": port},
+        )
+        result = await reconciler.run()
+        drain.uninstall()
+    finally:
+        await runner.cleanup()
+        await reconciler.backend.close()
+    log_at = logging.INFO if result.code == 0 else logging.ERROR
+    log.log(
+        log_at,
+        "exiting with code %d: %s",
+        result.code,
+        result.reason,
+        extra={"exit_code": result.code},
+    )
+    return result.code
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None

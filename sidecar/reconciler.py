@@ -1,0 +1,116 @@
+"""The asyncio shell around the machine: runs its calls, waits its timers, wakes its waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from sidecar.backends.base import BackendError
+from sidecar.machine import Call, Exit, Machine, Op, Wait
+
+if TYPE_CHECKING:
+    from sidecar.backends.base import Backend
+    from sidecar.clock import Clock
+
+log = logging.getLogger("sidecar.reconciler")
+
+
+class Reconciler:
+    """Drives a Machine: one loop that polls it, one task per backend call.
+
+    Events from HTTP handlers and signals mutate the machine directly (same thread) and
+    call `wake()`; the loop then polls again. Waiters for confirmation block on
+    `changed`, which is replaced after every backend answer.
+    """
+
+    def __init__(self, machine: Machine, backend: Backend, clock: Clock) -> None:
+        self.machine = machine
+        self.backend = backend
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        # Set while the loop sleeps with nothing in flight: lets tests (and the drill)
+        # wait for the reconciler to act on an event instead of sleeping.
+        self.settled = asyncio.Event()
+        self._call_task: asyncio.Task[None] | None = None
+        self._forced: Exit | None = None
+
+    def wake(self) -> None:
+        self.settled.clear()
+        self._wake.set()
+
+    def force_exit(self, code: int, reason: str) -> None:
+        self._forced = Exit(code, reason)
+        self.wake()
+
+    async def run(self) -> Exit:
+        try:
+            return await self._loop()
+        finally:
+            if self._call_task is not None:
+                self._call_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._call_task
+
+    async def _loop(self) -> Exit:
+        machine = self.machine
+        while True:
+            self._wake.clear()
+            if self._forced is not None:
+                return self._forced
+            action = machine.poll()
+            if isinstance(action, Exit):
+                return action
+            if isinstance(action, Call):
+                self._call_task = asyncio.create_task(self._perform(action))
+                continue
+            assert isinstance(action, Wait)  # noqa: S101  (narrowing for the type checker)
+            if machine.inflight is None:
+                self.settled.set()
+            timeout = None
+            if action.until is not None:
+                timeout = max(0.0, action.until - self._clock.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _perform(self, call: Call) -> None:
+        try:
+            if call.op is Op.GET:
+                result = await self.backend.get()
+            else:
+                result = await self.backend.set(call.op is Op.ENABLE, call.expires_minutes)
+        except BackendError as error:
+            self.machine.on_failure(call, error)
+        except Exception as error:
+            # A bug in a backend must not wedge the sidecar: count it as a transient failure.
+            log.exception("backend %s raised unexpectedly", call.op.value)
+            self.machine.on_failure(
+                call, BackendError("InternalError", repr(error)[:200], retryable=True)
+            )
+        else:
+            self.machine.on_success(call, result)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self.wake()
+
+    async def wait_protected(self, lease_id: str, wait_seconds: float) -> bool:
+        """Wait until protection is confirmed, the lease is gone, or waiting is pointless."""
+        machine = self.machine
+        deadline = self._clock.monotonic() + wait_seconds
+        while True:
+            if machine.protected():
+                return True
+            remaining = deadline - self._clock.monotonic()
+            if (
+                remaining <= 0
+                or lease_id not in machine.leases
+                or machine.gives_up_before(deadline)
+            ):
+                return False
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return machine.protected()

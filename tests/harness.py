@@ -1,0 +1,112 @@
+"""Drives the pure Machine against a simulated ECS, moving a fake clock from timer to timer.
+
+No asyncio and no sleeping: every call the machine asks for is answered at once (or
+with a scripted error), and time only moves when the test says so.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sidecar.backends.base import BackendError, Protection
+from sidecar.leases import LeaseTable
+from sidecar.machine import Action, Call, Exit, Machine, Op, Policy, Wait
+from tests.fakes.clock import FakeClock
+
+
+@dataclass
+class Made:
+    """One backend call the machine made, and when (seconds since the harness started)."""
+
+    at: float
+    op: Op
+    minutes: int
+
+
+@dataclass
+class Harness:
+    policy: Policy = field(default_factory=Policy)
+    capacity: int = 100
+    clock: FakeClock = field(default_factory=FakeClock)
+    # ECS's view of the task: protected until this wall time.
+    ecs_expires_wall: float | None = None
+    # Minutes ECS actually grants (None: what was asked).
+    grant_minutes: int | None = None
+    errors: deque[BackendError] = field(default_factory=deque)
+    made: list[Made] = field(default_factory=list)
+    rand: float = 1.0  # jitter factor source: 1.0 makes delays exact
+    # Seconds added to the expiry ECS reports (not to the real one): a skewed answer.
+    reported_skew: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = self.clock.monotonic()
+        self.machine = Machine(self.policy, self.clock, LeaseTable(self.capacity),
+                               rand=lambda: self.rand)
+
+    @property
+    def now(self) -> float:
+        return self.clock.monotonic() - self.start
+
+    def ops(self) -> list[Op]:
+        return [m.op for m in self.made]
+
+    def ecs_protected(self) -> bool:
+        return self.ecs_expires_wall is not None and self.ecs_expires_wall > self.clock.wall()
+
+    def settle(self) -> Action:
+        """Answer calls until the machine waits or exits."""
+        for _ in range(10_000):
+            action = self.machine.poll()
+            if not isinstance(action, Call):
+                return action
+            self.answer(action)
+        raise AssertionError("the machine keeps calling without waiting")
+
+    def answer(self, call: Call) -> None:
+        self.made.append(Made(self.now, call.op, call.expires_minutes))
+        if self.errors:
+            self.machine.on_failure(call, self.errors.popleft())
+            return
+        if call.op is Op.ENABLE:
+            minutes = call.expires_minutes if self.grant_minutes is None else self.grant_minutes
+            self.ecs_expires_wall = self.clock.wall() + minutes * 60
+        elif call.op is Op.DISABLE:
+            self.ecs_expires_wall = None
+        self.machine.on_success(call, self.ecs_state())
+
+    def ecs_state(self) -> Protection:
+        if not self.ecs_protected():
+            return Protection(False, None)
+        assert self.ecs_expires_wall is not None
+        reported = self.ecs_expires_wall + self.reported_skew
+        return Protection(True, datetime.fromtimestamp(reported, UTC))
+
+    def run_for(self, seconds: float, *, check: bool = False) -> Action:
+        """Let `seconds` pass, waking the machine at each timer it asked for.
+
+        With check=True, assert at every wake-up that ECS has the task protected
+        whenever a lease is held (the core promise).
+        """
+        end = self.clock.monotonic() + seconds
+        while True:
+            action = self.settle()
+            if check and self.machine.leases:
+                assert self.ecs_protected(), f"unprotected while busy at t={self.now}"
+            if isinstance(action, Exit):
+                return action
+            assert isinstance(action, Wait)
+            if action.until is None or action.until > end:
+                self.clock.mono, self.clock.wall_time = (
+                    end, self.clock.wall_time + end - self.clock.mono)
+                return self.settle()
+            self.clock.advance(max(0.0, action.until - self.clock.monotonic()))
+
+    def busy(self, lease: str = "job", ttl: float | None = None) -> Action:
+        self.machine.acquire(lease, ttl)
+        return self.settle()
+
+    def idle(self, lease: str = "job") -> Action:
+        self.machine.release(lease)
+        return self.settle()

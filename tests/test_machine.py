@@ -1,0 +1,368 @@
+"""The protection state machine, driven by events and a fake clock: exact calls, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.backends.base import BackendError, ProtectionRefusedError
+from sidecar.leases import TooManyLeasesError
+from sidecar.machine import (
+    EXIT_DRAIN_TIMEOUT,
+    EXIT_DRAINED,
+    Call,
+    DrainingError,
+    Exit,
+    Op,
+    Policy,
+    Wait,
+)
+from tests.harness import Harness
+
+GET, ENABLE, DISABLE = Op.GET, Op.ENABLE, Op.DISABLE
+
+
+def throttled() -> BackendError:
+    return BackendError("ThrottlingException", "Rate exceeded", retryable=True, status=400)
+
+
+def denied() -> BackendError:
+    return BackendError("AccessDeniedException", "no task role", retryable=False, status=403)
+
+
+def started() -> Harness:
+    """A harness whose machine has read the (unprotected) state at start."""
+    h = Harness()
+    h.settle()
+    return h
+
+
+def test_start_reads_the_backend_once_then_waits_for_work():
+    """At start the machine asks for the current protection once, then does nothing while idle."""
+    h = Harness()
+    action = h.settle()
+    assert h.ops() == [GET]
+    assert action == Wait(None)
+    h.run_for(3600)
+    assert h.ops() == [GET]
+
+
+def test_thousand_busy_idle_pairs_within_the_grace_make_one_enable():
+    """1,000 back-to-back jobs inside the idle grace cost exactly one enable call."""
+    h = started()
+    for i in range(1000):
+        h.busy(f"job-{i}")
+        h.run_for(0.005)
+        h.idle(f"job-{i}")
+        h.run_for(0.004)
+    assert h.ops() == [GET, ENABLE]
+    h.run_for(h.policy.idle_grace)
+    assert h.ops() == [GET, ENABLE, DISABLE]
+
+
+def test_three_hour_job_makes_exactly_the_renewals_it_needs():
+    """A 3-hour job with 60-minute expiry renews at 55, 110 and 165 minutes, never lapsing."""
+    h = started()
+    h.busy()
+    h.run_for(3 * 3600, check=True)
+    h.idle()
+    h.run_for(60)
+    assert [(m.op, m.at) for m in h.made] == [
+        (GET, 0.0),
+        (ENABLE, 0.0),
+        (ENABLE, 3300.0),
+        (ENABLE, 6600.0),
+        (ENABLE, 9900.0),
+        (DISABLE, 10800.0 + h.policy.idle_grace),
+    ]
+
+
+def test_renewal_follows_the_expiry_ecs_returned():
+    """When ECS grants less than asked, renewal is scheduled from what it returned."""
+    h = started()
+    h.grant_minutes = 20
+    h.busy()
+    h.run_for(3600, check=True)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    assert enables == [0.0, 900.0, 1800.0, 2700.0, 3600.0]
+
+
+def test_renewal_is_not_late_when_the_local_clock_lags_ecs():
+    """A returned expiry later than requested (clock skew) cannot delay renewal past the period."""
+    h = started()
+    h.busy()
+    h.clock.jump_wall(-600)  # the local wall clock falls 10 minutes behind ECS
+    h.run_for(7200, check=True)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    assert enables == [0.0, 3300.0, 6600.0]
+
+
+def test_an_expiry_in_the_past_does_not_make_the_machine_spin():
+    """A backend that returns an already-past expiry is renewed at most every min_renew_gap."""
+    h = started()
+    h.reported_skew = -7200.0  # ECS reports an expiry an hour in the past
+    h.busy()
+    h.run_for(60)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    assert enables == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+
+
+def test_a_job_within_the_grace_makes_no_call():
+    """Protection stays on through a short idle gap: no disable, no re-enable."""
+    h = started()
+    h.busy("a")
+    h.idle("a")
+    h.run_for(h.policy.idle_grace - 0.001)
+    h.busy("b")
+    h.run_for(600)
+    assert h.ops() == [GET, ENABLE]
+
+
+def test_idle_disables_exactly_at_the_end_of_the_grace():
+    """Not busy for the whole grace: one disable, at the grace's end."""
+    h = started()
+    h.busy()
+    h.run_for(5)
+    h.idle()
+    h.run_for(h.policy.idle_grace - 0.5)
+    assert h.ops() == [GET, ENABLE]
+    h.run_for(1)
+    assert [(m.op, m.at) for m in h.made][-1] == (DISABLE, 5 + h.policy.idle_grace)
+    assert not h.ecs_protected()
+
+
+def test_retryable_failures_back_off_exponentially():
+    """Throttling is retried after 0.5, 1 and 2 seconds, then protection is confirmed."""
+    h = started()
+    h.errors.extend([throttled(), throttled(), throttled()])
+    h.busy()
+    h.run_for(10)
+    assert [(m.op, m.at) for m in h.made][1:] == [
+        (ENABLE, 0.0), (ENABLE, 0.5), (ENABLE, 1.5), (ENABLE, 3.5),
+    ]
+    assert h.machine.protected()
+    assert h.machine.last_error is None
+    assert h.machine.counters.retries == 3
+
+
+def test_backoff_is_capped_and_jittered():
+    """Delays stop growing at the cap, and jitter keeps them within [delay/2, delay]."""
+    h = started()
+    h.rand = 0.0  # the lowest jitter: half of each delay
+    h.errors.extend([throttled()] * 12)
+    h.busy()
+    h.run_for(600)
+    times = [m.at for m in h.made if m.op is ENABLE]
+    gaps = [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+    assert gaps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0]
+
+
+def test_a_non_retryable_failure_is_retried_slowly_and_reported():
+    """403 does not spin: one try per slow-retry period, with the error kept for /state."""
+    h = started()
+    h.errors.extend([denied()] * 100)
+    h.busy()
+    h.run_for(600)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    assert enables == [60.0 * i for i in range(11)]
+    error = h.machine.last_error
+    assert error is not None
+    assert (error.code, error.retryable, error.op) == ("AccessDeniedException", False, "enable")
+
+
+def test_failures_do_not_multiply_calls_per_job():
+    """While the backend throttles, a flood of jobs makes no more calls than the back-off allows."""
+    h = started()
+    h.errors.extend([throttled()] * 1000)
+    for i in range(500):
+        h.busy(f"j{i}")
+        h.run_for(0.01)
+        h.idle(f"j{i}")
+    # 5 seconds of back-off: tries at 0, 0.5, 1.5, 3.5.
+    assert len([m for m in h.made if m.op is ENABLE]) == 4
+
+
+def test_task_not_valid_on_get_means_not_protected():
+    """A `failure` answer to the start-up read counts as known and unprotected."""
+    h = Harness()
+    h.errors.append(ProtectionRefusedError("TASK_NOT_VALID", None))
+    h.settle()
+    assert h.machine.known
+    assert not h.machine.protected()
+    assert h.machine.last_error is not None
+    assert h.machine.last_error.code == "TASK_NOT_VALID"
+    h.run_for(3600)
+    assert h.ops() == [GET]
+
+
+def test_deployment_blocked_on_renewal_keeps_the_current_protection():
+    """A refused renewal is reported, retried slowly, and the existing protection still counts."""
+    h = started()
+    h.busy()
+    h.run_for(3299)
+    h.errors.append(ProtectionRefusedError("DEPLOYMENT_BLOCKED", "deployment in progress"))
+    h.run_for(2)
+    assert h.machine.protected()
+    assert h.machine.last_error is not None
+    assert h.machine.last_error.code == "DEPLOYMENT_BLOCKED"
+    assert "replaced soon" in h.machine.last_error.message
+    h.run_for(60)
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0, 3360.0]
+    assert h.machine.last_error is None
+
+
+def test_events_during_a_call_coalesce_into_the_latest_desire():
+    """Jobs that start and end while the enable is in flight cause no extra call."""
+    h = started()
+    h.machine.acquire("a", None)
+    call = h.machine.poll()
+    assert call == Call(ENABLE, 60)
+    for i in range(100):
+        h.machine.acquire(f"x{i}", None)
+        assert isinstance(h.machine.poll(), Wait)
+        h.machine.release(f"x{i}")
+    h.answer(call)
+    h.run_for(5)
+    assert h.ops() == [GET, ENABLE]
+
+
+def test_busy_during_a_disable_enables_right_after():
+    """A job arriving while a disable is in flight gets protection as soon as it returns."""
+    h = started()
+    h.busy()
+    h.idle()
+    h.clock.advance(h.policy.idle_grace)
+    call = h.machine.poll()
+    assert call == Call(DISABLE)
+    h.machine.acquire("late", None)
+    assert isinstance(h.machine.poll(), Wait)  # one call at a time
+    h.answer(call)
+    h.settle()
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE]
+    assert h.machine.protected()
+
+
+def test_existing_protection_is_adopted_then_dropped_after_the_grace():
+    """A restarted sidecar with no lease finds protection on and disables it after the grace."""
+    h = Harness()
+    h.ecs_expires_wall = h.clock.wall() + 1800
+    h.settle()
+    assert h.machine.protected()
+    h.run_for(h.policy.idle_grace)
+    assert h.ops() == [GET, DISABLE]
+
+
+def test_adopted_protection_serves_a_job_without_a_new_call():
+    """A job arriving at a restarted sidecar uses the protection it adopted."""
+    h = Harness()
+    h.ecs_expires_wall = h.clock.wall() + 1800
+    h.settle()
+    h.busy()
+    h.run_for(1000, check=True)
+    assert h.ops() == [GET]
+    h.run_for(500, check=True)  # renewal due 5 minutes before the adopted expiry
+    assert [(m.op, m.at) for m in h.made] == [(GET, 0.0), (ENABLE, 1500.0)]
+
+
+def test_busy_before_the_first_read_enables_directly():
+    """No need to read the state first when the desire is already known."""
+    h = Harness()
+    h.machine.acquire("job", None)
+    h.settle()
+    assert h.ops() == [ENABLE]
+
+
+def test_ttl_expiry_drops_the_lease_and_then_protection():
+    """A lease not refreshed within its TTL goes; the grace then runs from that moment."""
+    h = started()
+    h.busy("worker", ttl=30)
+    h.run_for(29)
+    assert "worker" in h.machine.leases
+    h.busy("worker", ttl=30)  # heartbeat at 29 s
+    h.run_for(30)
+    assert "worker" not in h.machine.leases
+    assert h.machine.counters.leases_expired == 1
+    h.run_for(h.policy.idle_grace)
+    assert [(m.op, m.at) for m in h.made][-1] == (DISABLE, 59 + h.policy.idle_grace)
+
+
+def test_drain_without_leases_exits_at_once():
+    """SIGTERM while idle: exit 0 on the next poll."""
+    h = started()
+    h.machine.start_drain(120)
+    assert h.settle() == Exit(EXIT_DRAINED, "drained: no lease held")
+
+
+def test_drain_waits_for_the_last_lease():
+    """While draining, refreshes are fine, new leases are refused, and the last release exits."""
+    h = started()
+    h.busy("a")
+    h.busy("b")
+    h.machine.start_drain(120)
+    assert isinstance(h.settle(), Wait)
+    h.busy("a")  # refresh: allowed
+    with pytest.raises(DrainingError):
+        h.machine.acquire("new", None)
+    assert "new" not in h.machine.leases
+    assert isinstance(h.idle("a"), Wait)
+    assert h.idle("b") == Exit(EXIT_DRAINED, "drained: no lease held")
+
+
+def test_drain_timeout_exits_non_zero_naming_the_leases():
+    """Past the drain timeout the machine exits with code 3 and names what was held."""
+    h = started()
+    h.busy("stuck-job")
+    h.machine.start_drain(120)
+    action = h.run_for(300, check=True)
+    assert isinstance(action, Exit)
+    assert action.code == EXIT_DRAIN_TIMEOUT
+    assert "stuck-job" in action.reason
+    assert h.now == 120
+
+
+def test_stop_detection_drains_without_exiting():
+    """Draining entered by stop detection refuses new work but never exits by itself."""
+    h = started()
+    h.machine.start_drain(None, exit_when_idle=False)
+    with pytest.raises(DrainingError):
+        h.machine.acquire("job", None)
+    assert isinstance(h.run_for(3600), Wait)
+    h.machine.start_drain(120)  # then SIGTERM arrives
+    assert isinstance(h.settle(), Exit)
+
+
+def test_cap_stops_renewing_at_max_protected_seconds():
+    """With a 2-hour cap the last renewal asks only for the minutes left, then none follows."""
+    h = Harness(policy=Policy(max_protected=7200))
+    h.settle()
+    h.busy()
+    h.run_for(4 * 3600)
+    assert [(m.op, m.at, m.minutes) for m in h.made if m.op is ENABLE] == [
+        (ENABLE, 0.0, 60), (ENABLE, 3300.0, 60), (ENABLE, 6600.0, 10),
+    ]
+    assert h.machine.capped
+    assert not h.ecs_protected()
+    h.idle()
+    h.busy("next")  # a new busy period after going idle starts a fresh cap
+    assert h.machine.protected()
+
+
+def test_lease_table_is_bounded():
+    """Past the capacity a new lease is refused; refreshing an existing one still works."""
+    h = Harness(capacity=2)
+    h.busy("a")
+    h.busy("b")
+    with pytest.raises(TooManyLeasesError):
+        h.machine.acquire("c", None)
+    h.busy("a")
+    assert len(h.machine.leases) == 2
+
+
+def test_enable_answered_with_protection_off_is_an_error_not_a_loop():
+    """A backend that says 'off' to an enable is reported and retried slowly."""
+    h = started()
+    h.grant_minutes = -1  # ECS answers the enable with an expiry already gone: 'off'
+    h.busy()
+    h.run_for(120)
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 60.0, 120.0]
+    assert h.machine.last_error is not None
+    assert h.machine.last_error.code == "NotProtected"
