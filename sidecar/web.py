@@ -58,6 +58,19 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's routing and size errors, in the API's JSON shape with a useful message."""
+    allow = exc.headers.get("Allow")
+    message = {
+        404: f"no endpoint {request.path}; the API has POST /busy, POST /idle, "
+        "POST /release, GET /state, GET /healthz, GET /metrics",
+        405: f"{request.method} is not allowed on {request.path}; use {allow}",
+        413: f"request body is larger than {MAX_BODY_BYTES} bytes",
+    }.get(exc.status, exc.reason)
+    code = _HTTP_CODES.get(exc.status, exc.reason.replace(" ", ""))
+    return error_response(exc.status, code, message, headers={"Allow": allow} if allow else None)
+
+
 class Api:
     def __init__(
         self, reconciler: Reconciler, clock: Clock, backend_name: str, token: str | None
@@ -89,9 +102,7 @@ class Api:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            code = _HTTP_CODES.get(exc.status, exc.reason.replace(" ", ""))
-            return error_response(exc.status, code, exc.reason, headers=headers)
+            return _http_error(request, exc)
         except Exception:
             log.exception("request %s %s failed", request.method, request.path)
             return error_response(500, "InternalError", "unexpected error; see the sidecar log")

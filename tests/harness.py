@@ -42,8 +42,9 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.start = self.clock.monotonic()
-        self.machine = Machine(self.policy, self.clock, LeaseTable(self.capacity),
-                               rand=lambda: self.rand)
+        self.machine = Machine(
+            self.policy, self.clock, LeaseTable(self.capacity), rand=lambda: self.rand
+        )
 
     @property
     def now(self) -> float:
@@ -99,7 +100,9 @@ class Harness:
             assert isinstance(action, Wait)
             if action.until is None or action.until > end:
                 self.clock.mono, self.clock.wall_time = (
-                    end, self.clock.wall_time + end - self.clock.mono)
+                    end,
+                    self.clock.wall_time + end - self.clock.mono,
+                )
                 return self.settle()
             self.clock.advance(max(0.0, action.until - self.clock.monotonic()))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sidecar.backends.base import BackendError, ProtectionRefusedError
@@ -137,7 +139,10 @@ def test_retryable_failures_back_off_exponentially():
     h.busy()
     h.run_for(10)
     assert [(m.op, m.at) for m in h.made][1:] == [
-        (ENABLE, 0.0), (ENABLE, 0.5), (ENABLE, 1.5), (ENABLE, 3.5),
+        (ENABLE, 0.0),
+        (ENABLE, 0.5),
+        (ENABLE, 1.5),
+        (ENABLE, 3.5),
     ]
     assert h.machine.protected()
     assert h.machine.last_error is None
@@ -152,7 +157,7 @@ def test_backoff_is_capped_and_jittered():
     h.busy()
     h.run_for(600)
     times = [m.at for m in h.made if m.op is ENABLE]
-    gaps = [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
     assert gaps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0, 15.0, 15.0, 15.0]
 
 
@@ -337,7 +342,9 @@ def test_cap_stops_renewing_at_max_protected_seconds():
     h.busy()
     h.run_for(4 * 3600)
     assert [(m.op, m.at, m.minutes) for m in h.made if m.op is ENABLE] == [
-        (ENABLE, 0.0, 60), (ENABLE, 3300.0, 60), (ENABLE, 6600.0, 10),
+        (ENABLE, 0.0, 60),
+        (ENABLE, 3300.0, 60),
+        (ENABLE, 6600.0, 10),
     ]
     assert h.machine.capped
     assert not h.ecs_protected()

@@ -86,9 +86,9 @@ def rate_limited() -> Fault:
     return Fault("rate_limit")
 
 
-def delay(seconds: float) -> Fault:
+def delay(seconds: float, methods: tuple[str, ...] = ("GET", "PUT")) -> Fault:
     """Answer normally, but only after `seconds`."""
-    return Fault("delay", seconds=seconds)
+    return Fault("delay", seconds=seconds, methods=methods)
 
 
 def hang() -> Fault:

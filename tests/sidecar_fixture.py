@@ -1,0 +1,72 @@
+"""An in-process sidecar (real aiohttp server, real reconciler) for HTTP-level tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidecar.backends.agent import AgentBackend
+from sidecar.clock import Clock, SystemClock
+from sidecar.leases import LeaseTable
+from sidecar.machine import Exit, Machine, Policy
+from sidecar.reconciler import Reconciler
+from sidecar.web import Api, build_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiohttp.test_utils import TestClient
+
+    from tests.fakes.agent import FakeAgent
+
+
+@dataclass
+class Running:
+    client: TestClient[Any, Any]
+    api: Api
+    reconciler: Reconciler
+    machine: Machine
+    task: asyncio.Task[Exit]
+
+    async def settle(self) -> None:
+        """Wait until the reconciler has acted on everything that happened so far."""
+        await asyncio.sleep(0)
+        await asyncio.wait_for(self.reconciler.settled.wait(), 10)
+
+    async def post(self, path: str, json: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        response = await self.client.post(path, json=json, **kwargs)
+        return response.status, await response.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        response = await self.client.get(path)
+        return response.status, await response.json()
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(
+    aiohttp_client: Any,
+    agent: FakeAgent,
+    *,
+    clock: Clock | None = None,
+    policy: Policy | None = None,
+    token: str | None = None,
+    max_leases: int = 100,
+) -> AsyncIterator[Running]:
+    clock = clock or SystemClock()
+    machine = Machine(policy or Policy(), clock, LeaseTable(max_leases))
+    backend = AgentBackend(agent.uri("task-1"), timeout=5.0)
+    reconciler = Reconciler(machine, backend, clock)
+    api = Api(reconciler, clock, "agent", token)
+    client = await aiohttp_client(build_app(api))
+    task = asyncio.create_task(reconciler.run())
+    running = Running(client, api, reconciler, machine, task)
+    try:
+        await running.settle()
+        yield running
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await backend.close()

@@ -1,0 +1,69 @@
+"""LeaseTable: create, refresh, release, TTL expiry with stale heap entries ignored."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.leases import LEASE_ID, LeaseTable, TooManyLeasesError
+
+
+def test_acquire_reports_new_then_refresh():
+    table = LeaseTable(10)
+    assert table.acquire("a", None, 0.0, 100.0) is True
+    assert table.acquire("a", None, 1.0, 101.0) is False
+    assert len(table) == 1
+    assert table.leases()[0].since_wall == 100.0
+
+
+def test_refresh_moves_the_ttl_deadline_and_old_deadlines_are_ignored():
+    table = LeaseTable(10)
+    table.acquire("a", 10.0, 0.0, 0.0)
+    table.acquire("a", 10.0, 8.0, 8.0)
+    assert table.expire(10.0) == []
+    assert table.next_expiry() == 18.0
+    assert table.expire(18.0) == ["a"]
+    assert table.next_expiry() is None
+
+
+def test_refresh_without_ttl_clears_it():
+    table = LeaseTable(10)
+    table.acquire("a", 5.0, 0.0, 0.0)
+    table.acquire("a", None, 1.0, 1.0)
+    assert table.expire(100.0) == []
+    assert table.next_expiry() is None
+
+
+def test_release_and_clear():
+    table = LeaseTable(10)
+    table.acquire("a", 5.0, 0.0, 0.0)
+    table.acquire("b", None, 0.0, 0.0)
+    assert table.release("a") is True
+    assert table.release("a") is False
+    assert table.expire(10.0) == []  # the released lease's deadline is stale
+    assert table.clear() == 1
+    assert len(table) == 0
+
+
+def test_capacity_bounds_new_leases_only():
+    table = LeaseTable(1)
+    table.acquire("a", None, 0.0, 0.0)
+    with pytest.raises(TooManyLeasesError):
+        table.acquire("b", None, 0.0, 0.0)
+    table.acquire("a", None, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("lease", "ok"),
+    [
+        ("default", True),
+        ("job-1.2_3:x", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("a b", False),
+        ("a/b", False),
+        ("é", False),
+    ],
+)
+def test_lease_id_syntax(lease, ok):
+    assert bool(LEASE_ID.fullmatch(lease)) is ok

@@ -1,0 +1,162 @@
+"""SIGTERM and SIGINT on the real process: drain, exit codes, second signal, config errors."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.processes import SidecarProcess
+
+
+@pytest.fixture
+def spawn():
+    started: list[SidecarProcess] = []
+
+    def _spawn(env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> SidecarProcess:
+        process = SidecarProcess(env, args)
+        started.append(process)
+        return process.start()
+
+    yield _spawn
+    for process in started:
+        process.stop()
+
+
+def test_idle_sigterm_exits_zero_at_once(spawn):
+    sidecar = spawn()
+    began = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    assert time.monotonic() - began < 10
+    assert sidecar.wait_for_log("exiting with code 0")["exit_code"] == 0
+
+
+def test_sigint_drains_like_sigterm(spawn):
+    sidecar = spawn()
+    sidecar.signal(signal.SIGINT)
+    assert sidecar.wait() == 0
+
+
+def test_busy_sidecar_keeps_serving_until_idle_then_exits_zero(spawn):
+    sidecar = spawn()
+    assert sidecar.post("/busy", {"lease": "job"}).status_code == 200
+    sidecar.signal(signal.SIGTERM)
+    sidecar.wait_for_log("SIGTERM: draining")
+
+    state = sidecar.get("/state").json()
+    assert (state["draining"], state["busy"]) == (True, True)
+    assert state["drain_deadline"] is not None
+    refused = sidecar.post("/busy", {"lease": "new-job"})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "Draining"
+    assert sidecar.post("/busy", {"lease": "job"}).status_code == 200  # a heartbeat still works
+    assert sidecar.get("/healthz").json() == {"status": "ok"}
+    assert sidecar.proc.poll() is None
+
+    assert sidecar.post("/idle", {"lease": "job"}).json() == {"released": True, "leases": 0}
+    assert sidecar.wait() == 0
+
+
+def test_drain_timeout_exits_three_and_names_the_leases(spawn):
+    sidecar = spawn({"TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS": "1"})
+    sidecar.post("/busy", {"lease": "stuck-worker"})
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 3
+    line = sidecar.wait_for_log("exiting with code 3")
+    assert "stuck-worker" in line["message"]
+
+
+def test_second_signal_exits_at_once(spawn):
+    sidecar = spawn()
+    sidecar.post("/busy", {"lease": "job"})
+    sidecar.signal(signal.SIGTERM)
+    sidecar.wait_for_log("SIGTERM: draining")
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 128 + signal.SIGTERM
+
+
+def test_a_waiting_busy_request_does_not_hold_the_exit(spawn):
+    """A /busy still waiting for confirmation is cut off when the process exits."""
+    sidecar = spawn({"ECS_AGENT_URI": "http://127.0.0.1:9/api/none"})  # nothing listens there
+    outcome: dict[str, object] = {}
+
+    def wait_for_busy() -> None:
+        try:
+            outcome["status"] = sidecar.post(
+                "/busy", {"lease": "j", "wait_seconds": 60}
+            ).status_code
+        except requests.RequestException as exc:
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait_for_busy)
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sidecar.get("/state").json()["busy"]:
+        time.sleep(0.05)
+    sidecar.signal(signal.SIGTERM)
+    # Two pending SIGTERMs merge into one in the kernel: wait until the first is handled.
+    sidecar.wait_for_log("SIGTERM: draining")
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=15) == 128 + signal.SIGTERM
+    waiter.join(timeout=15)
+    assert not waiter.is_alive()
+
+
+def test_startup_logs_the_configuration_in_one_line(spawn):
+    sidecar = spawn({"TASK_PROTECTION_EXPIRES_MINUTES": "15", "TASK_PROTECTION_TOKEN": "t" * 20})
+    line = sidecar.wait_for_log("listening on")
+    assert line["level"] == "INFO"
+    assert line["config"]["expires_minutes"] == 15
+    assert line["config"]["backend"] == "local"
+    assert line["config"]["token"] == "set"
+    assert "t" * 20 not in "".join(sidecar.raw)
+    assert "loopback only" in line["message"]
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_invalid_configuration_exits_two_naming_every_problem():
+    result = run_cli(
+        {"TASK_PROTECTION_EXPIRES_MINUTES": "0", "TASK_PROTECTION_IDLE_GRACE_SECONDS": "soon"}
+    )
+    assert result.returncode == 2
+    assert (
+        "TASK_PROTECTION_EXPIRES_MINUTES='0': expected an integer from 1 to 2880" in result.stderr
+    )
+    assert "TASK_PROTECTION_IDLE_GRACE_SECONDS='soon'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_flags_override_the_environment_and_are_validated_too():
+    result = run_cli({"TASK_PROTECTION_PORT": "31680"}, "--port", "70000")
+    assert result.returncode == 2
+    assert "TASK_PROTECTION_PORT='70000'" in result.stderr
+
+
+def test_a_port_in_use_exits_one(spawn):
+    with socket.socket() as busy_port:
+        busy_port.bind(("127.0.0.1", 0))
+        busy_port.listen()
+        port = busy_port.getsockname()[1]
+        process = SidecarProcess({"TASK_PROTECTION_PORT": str(port)})
+        try:
+            assert process.wait() == 1
+            assert process.wait_for_log("cannot listen")
+        finally:
+            process.stop()

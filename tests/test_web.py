@@ -1,0 +1,282 @@
+"""The HTTP contract end to end: real server, real reconciler, the fake agent behind it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.fakes import agent as fa
+from tests.fakes.agent import FakeAgent
+from tests.fakes.clock import FakeClock
+from tests.sidecar_fixture import running_sidecar
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+async def sidecar(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent) as running:
+        yield running
+
+
+@pytest.fixture
+async def fake_time(aiohttp_client):
+    """A sidecar and agent sharing a fake clock, for timer behaviour without sleeping."""
+    clock = FakeClock()
+    fake = FakeAgent(wall=clock.wall)
+    await fake.start()
+    fake.add_task()
+    async with running_sidecar(aiohttp_client, fake, clock=clock) as running:
+        yield running, fake, clock
+    await fake.close()
+
+
+def enable_puts(agent: FakeAgent) -> list[dict]:
+    return [p for p in agent.puts() if p["ProtectionEnabled"]]
+
+
+async def test_plain_busy_idle_state_gives_boolean_semantics(sidecar, agent):
+    """`curl -X POST /busy`, `/idle`, `/state`: the default lease, protection confirmed."""
+    status, body = await sidecar.post("/busy")
+    assert status == 200
+    assert body == {
+        "lease": "default",
+        "protected": True,
+        "expires_at": body["expires_at"],
+        "leases": 1,
+    }
+    assert RFC3339.match(body["expires_at"])
+    assert agent.puts() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}]
+
+    status, state = await sidecar.get("/state")
+    assert status == 200
+    assert state["busy"] is True
+    assert [lease["lease"] for lease in state["leases"]] == ["default"]
+    assert state["protection"]["enabled"] is True
+    assert state["protection"]["backend"] == "agent"
+    assert state["protection"]["calls"] == 2  # the start-up read and the enable
+    assert state["protection"]["last_error"] is None
+    assert (state["draining"], state["drain_deadline"]) == (False, None)
+
+    assert await sidecar.post("/idle") == (200, {"released": True, "leases": 0})
+    assert await sidecar.post("/idle") == (200, {"released": False, "leases": 0})
+    _, state = await sidecar.get("/state")
+    assert (state["busy"], state["leases"]) == (False, [])
+
+
+async def test_posting_a_lease_again_is_a_heartbeat(sidecar, agent):
+    for _ in range(3):
+        status, body = await sidecar.post("/busy", {"lease": "job-1", "ttl_seconds": 30})
+        assert (status, body["leases"]) == (200, 1)
+    assert len(enable_puts(agent)) == 1
+
+
+async def test_concurrent_leases_ref_count(sidecar, agent):
+    """Two jobs: protection stays while either runs, with a single enable."""
+    await sidecar.post("/busy", {"lease": "a"})
+    _, body = await sidecar.post("/busy", {"lease": "b"})
+    assert body["leases"] == 2
+    assert await sidecar.post("/idle", {"lease": "a"}) == (200, {"released": True, "leases": 1})
+    _, state = await sidecar.get("/state")
+    assert state["busy"] is True
+    assert len(enable_puts(agent)) == 1
+
+
+async def test_idle_grace_then_disable(fake_time):
+    """After the grace, exactly one disable; a job within the grace makes no call."""
+    sidecar, agent, clock = fake_time
+    await sidecar.post("/busy", {"lease": "a"})
+    await sidecar.post("/idle", {"lease": "a"})
+    clock.advance(9)
+    sidecar.reconciler.wake()
+    await sidecar.settle()
+    await sidecar.post("/busy", {"lease": "b"})
+    await sidecar.post("/idle", {"lease": "b"})
+    assert agent.puts() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}]
+    clock.advance(10)
+    sidecar.reconciler.wake()
+    await sidecar.settle()
+    assert agent.puts()[-1] == {"ProtectionEnabled": False}
+    _, state = await sidecar.get("/state")
+    assert state["protection"]["enabled"] is False
+
+
+async def test_ttl_expiry_through_the_api(fake_time):
+    sidecar, _agent, clock = fake_time
+    await sidecar.post("/busy", {"lease": "w", "ttl_seconds": 5})
+    _, state = await sidecar.get("/state")
+    assert state["leases"][0]["ttl_seconds"] == 5
+    clock.advance(5.5)
+    sidecar.reconciler.wake()
+    await sidecar.settle()
+    _, state = await sidecar.get("/state")
+    assert state["busy"] is False
+
+
+async def test_a_retryable_fault_is_retried_before_answering(sidecar, agent):
+    """Throttling on the first enable: /busy still answers 200 once the retry succeeds."""
+    agent.fail(fa.ecs_error("ThrottlingException", 400, "Rate exceeded"))
+    status, body = await sidecar.post("/busy", {"lease": "j"})
+    assert (status, body["protected"]) == (200, True)
+    _, metrics_ok = await sidecar.get("/state")
+    assert metrics_ok["protection"]["last_error"] is None
+
+
+async def test_a_refusal_answers_503_at_once_and_keeps_the_lease(sidecar, agent):
+    """TASK_NOT_VALID: no point waiting 10 s; 503 ProtectionUnavailable, lease kept, reported."""
+    agent.fail_always(fa.failure("TASK_NOT_VALID", None, methods=("PUT",)))
+    status, body = await sidecar.post("/busy", {"lease": "j"})
+    assert status == 503
+    assert body["error"]["code"] == "ProtectionUnavailable"
+    assert "TASK_NOT_VALID" in body["error"]["message"]
+    assert (body["lease"], body["protected"], body["leases"]) == ("j", False, 1)
+    _, state = await sidecar.get("/state")
+    assert state["protection"]["last_error"]["code"] == "TASK_NOT_VALID"
+    assert state["protection"]["last_error"]["retryable"] is False
+    assert state["busy"] is True
+
+
+async def test_wait_zero_does_not_wait(aiohttp_client, agent):
+    """wait_seconds 0 answers before the backend does; the sidecar still enables."""
+    agent.fail(fa.delay(0.3, methods=("PUT",)))
+    async with running_sidecar(aiohttp_client, agent) as sidecar:
+        status, body = await sidecar.post("/busy", {"lease": "j", "wait_seconds": 0})
+        assert (status, body["error"]["code"], body["leases"]) == (503, "ProtectionUnavailable", 1)
+        await sidecar.settle()
+        _, state = await sidecar.get("/state")
+        assert state["protection"]["enabled"] is True
+
+
+async def test_wait_seconds_bounds_the_wait(aiohttp_client, agent):
+    agent.fail(fa.delay(2.0, methods=("PUT",)))
+    async with running_sidecar(aiohttp_client, agent) as sidecar:
+        status, body = await sidecar.post("/busy", {"wait_seconds": 0.2})
+        assert status == 503
+        assert "not confirmed within 0.2s" in body["error"]["message"]
+
+
+async def test_draining_refuses_new_leases_but_refreshes_existing(sidecar, agent):
+    await sidecar.post("/busy", {"lease": "old"})
+    sidecar.machine.start_drain(120)
+    status, body = await sidecar.post("/busy", {"lease": "new"})
+    assert (status, body["error"]["code"], body["leases"]) == (503, "Draining", 1)
+    assert (await sidecar.post("/busy", {"lease": "old"}))[0] == 200
+    _, state = await sidecar.get("/state")
+    assert state["draining"] is True
+    assert RFC3339.match(state["drain_deadline"])
+    assert [lease["lease"] for lease in state["leases"]] == ["old"]
+    assert (await sidecar.get("/healthz")) == (200, {"status": "ok"})
+
+
+async def test_too_many_leases_is_429(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent, max_leases=2) as sidecar:
+        await sidecar.post("/busy", {"lease": "a"})
+        await sidecar.post("/busy", {"lease": "b"})
+        status, body = await sidecar.post("/busy", {"lease": "c"})
+        assert (status, body["error"]["code"], body["leases"]) == (429, "TooManyLeases", 2)
+        assert (await sidecar.post("/busy", {"lease": "a"}))[0] == 200
+
+
+async def test_release_drops_every_lease(sidecar):
+    for name in ("a", "b", "c"):
+        await sidecar.post("/busy", {"lease": name})
+    assert await sidecar.post("/release") == (200, {"released": 3})
+    _, state = await sidecar.get("/state")
+    assert state["busy"] is False
+
+
+async def test_token_guards_posts_only(aiohttp_client, agent):
+    token = "s3cret-token-0123456789"
+    async with running_sidecar(aiohttp_client, agent, token=token) as sidecar:
+        status, body = await sidecar.post("/busy")
+        assert (status, body["error"]["code"]) == (401, "Unauthorized")
+        status, _ = await sidecar.post("/busy", headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+        status, _ = await sidecar.post("/release")
+        assert status == 401
+        status, _ = await sidecar.post("/busy", headers={"Authorization": f"Bearer {token}"})
+        assert status == 200
+        assert (await sidecar.get("/state"))[0] == 200
+
+
+async def test_metrics_expose_the_state(sidecar):
+    await sidecar.post("/busy")
+    response = await sidecar.client.get("/metrics")
+    text = await response.text()
+    assert response.status == 200
+    assert "task_protection_leases 1.0" in text
+    assert "task_protection_protected 1.0" in text
+    assert 'task_protection_backend_calls_total{op="enable",outcome="ok"} 1.0' in text
+    assert "task_protection_draining 0.0" in text
+    assert re.search(r"task_protection_expiry_seconds 3[56]\d\d\.", text)
+    assert "task_protection_retries_total 0.0" in text
+
+
+BAD_BODIES = [
+    (b"{", "InvalidRequest", None),
+    (b"[1, 2]", "InvalidRequest", None),
+    (b'"busy"', "InvalidRequest", None),
+    (b'{"lease": "ok", "extra": 1}', "InvalidRequest", "extra"),
+    (b'{"lease": 5}', "InvalidRequest", "lease"),
+    (b'{"lease": ""}', "InvalidRequest", "lease"),
+    (b'{"lease": "has space"}', "InvalidRequest", "lease"),
+    (b'{"lease": "' + b"x" * 129 + b'"}', "InvalidRequest", "lease"),
+    (b'{"ttl_seconds": "10"}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": 0}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": -1}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": true}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": NaN}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": 1e999}', "InvalidRequest", "ttl_seconds"),
+    (b'{"wait_seconds": -0.1}', "InvalidRequest", "wait_seconds"),
+    (b'{"wait_seconds": [1]}', "InvalidRequest", "wait_seconds"),
+    (b"[" * 30000 + b"]" * 30000, "InvalidRequest", None),
+    (b"\xff\xfe", "InvalidRequest", None),
+    (b"{" + b'"lease": "a",' * 6000 + b'"x": 1}', "PayloadTooLarge", None),
+]
+
+
+@pytest.mark.parametrize(("payload", "code", "field"), BAD_BODIES)
+async def test_bad_bodies_are_rejected_and_change_nothing(sidecar, agent, payload, code, field):
+    calls_before = len(agent.calls)
+    response = await sidecar.client.post("/busy", data=payload)
+    body = await response.json()
+    assert response.status == (413 if code == "PayloadTooLarge" else 400)
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    if field is not None:
+        assert field in body["error"]["message"]
+        assert body["field"] == field
+    _, state = await sidecar.get("/state")
+    assert state["leases"] == []
+    assert len(agent.calls) == calls_before
+
+
+async def test_idle_and_release_validate_too(sidecar):
+    await sidecar.post("/busy", {"lease": "keep"})
+    for path, payload in (
+        ("/idle", {"lease": "bad id!"}),
+        ("/idle", {"ttl_seconds": 1}),
+        ("/release", {"lease": "keep"}),
+    ):
+        response = await sidecar.client.post(path, data=json.dumps(payload))
+        assert response.status == 400, path
+    _, state = await sidecar.get("/state")
+    assert [lease["lease"] for lease in state["leases"]] == ["keep"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/nope", 404, "NotFound"),
+        ("GET", "/busy", 405, "MethodNotAllowed"),
+        ("DELETE", "/state", 405, "MethodNotAllowed"),
+        ("POST", "/healthz", 405, "MethodNotAllowed"),
+    ],
+)
+async def test_unknown_paths_and_methods_get_json_errors(sidecar, method, path, status, code):
+    response = await sidecar.client.request(method, path)
+    body = await response.json()
+    assert (response.status, body["error"]["code"]) == (status, code)
+    assert path in body["error"]["message"]
