@@ -63,8 +63,12 @@ async def pairs(session: aiohttp.ClientSession, url: str, count: int, lease: str
 
 async def main(pair_count: int, rounds: int) -> None:
     sidecar_port, bare_port = free_port(), free_port()
-    env = {**os.environ, "TASK_PROTECTION_PORT": str(sidecar_port),
-           "TASK_PROTECTION_BACKEND": "local", "TASK_PROTECTION_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "TASK_PROTECTION_PORT": str(sidecar_port),
+        "TASK_PROTECTION_BACKEND": "local",
+        "TASK_PROTECTION_LOG_LEVEL": "warning",
+    }
     env.pop("ECS_AGENT_URI", None)
     procs = [
         start([sys.executable, "-m", "sidecar"], env),
@@ -79,7 +83,8 @@ async def main(pair_count: int, rounds: int) -> None:
             await wait_healthy(session, bare_url)
             # Protection on, and a second lease held so each pair is a pure ref-count change.
             async with session.post(sidecar_url + "/busy", json={"lease": "holder"}) as r:
-                assert r.status == 200, await r.text()
+                if r.status != 200:
+                    raise SystemExit(f"/busy answered {r.status}: {await r.text()}")
             await pairs(session, sidecar_url, 200, "warm")
             await pairs(session, bare_url, 200, "warm")
             sidecar_times, bare_times = [], []
@@ -96,8 +101,10 @@ async def main(pair_count: int, rounds: int) -> None:
     print(f"{'server':<28}{'us per /busy+/idle pair':>26}{'pairs/s':>10}")
     print(f"{'sidecar (protected)':<28}{side * 1e6:>26.0f}{1 / side:>10.0f}")
     print(f"{'bare aiohttp handler':<28}{bare * 1e6:>26.0f}{1 / bare:>10.0f}")
-    print(f"ratio sidecar / bare: {side / bare:.2f}x  (median of {rounds} rounds x {pair_count} "
-          f"pairs, keep-alive aiohttp client, {os.cpu_count()} cores)")
+    print(
+        f"ratio sidecar / bare: {side / bare:.2f}x  (median of {rounds} rounds x {pair_count} "
+        f"pairs, keep-alive aiohttp client, {os.cpu_count()} cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The exceptions of ecs_protection, all under one base:
+
+ProtectionError
+ +-- SidecarUnavailableError   the sidecar did not answer (raised in strict mode only)
+ +-- SidecarError              the sidecar answered with an error (status, code, message)
+      +-- TaskDrainingError     503 Draining: the task is stopping, do not start the job
+      +-- ProtectionUnavailableError
+      |                         503 ProtectionUnavailable: not confirmed in time
+      |                         (raised only with require_protection=True)
+      +-- TooManyLeasesError    429: the sidecar's lease table is full
+"""
+
+from __future__ import annotations
+
+
+class ProtectionError(Exception):
+    """Base of every error this package raises."""
+
+
+class SidecarUnavailableError(ProtectionError):
+    """The sidecar could not be reached (only raised in strict mode)."""
+
+
+class SidecarError(ProtectionError):
+    """The sidecar answered with an error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class TaskDrainingError(SidecarError):
+    """The task is stopping (SIGTERM or DesiredStatus STOPPED): do not start new work."""
+
+
+class ProtectionUnavailableError(SidecarError):
+    """Protection was not confirmed within the wait; raised when protection is required."""
+
+
+class TooManyLeasesError(SidecarError):
+    """The sidecar holds TASK_PROTECTION_MAX_LEASES leases already."""
