@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.drain import SignalDrain
 from sidecar.leases import LeaseTable
 from sidecar.machine import Machine, Policy
+from sidecar.metadata import StopWatcher
 from sidecar.reconciler import Reconciler
 from sidecar.web import Api, build_app
 
@@ -52,6 +54,7 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             return EXIT_ERROR
         port = _bound_port(runner) or config.port
         drain.install()
+        watcher = _start_stop_detection(config, reconciler)
         log.info(
             "ecs-protection-sidecar listening on http://%s:%d with backend %s%s",
             config.host,
@@ -60,7 +63,11 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
             extra={"config": config.describe(), "port": port},
         )
-        result = await reconciler.run()
+        try:
+            result = await reconciler.run()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         drain.uninstall()
     finally:
         await runner.cleanup()
@@ -74,6 +81,14 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         extra={"exit_code": result.code},
     )
     return result.code
+
+
+def _start_stop_detection(config: Config, reconciler: Reconciler) -> asyncio.Task[None] | None:
+    if not config.metadata_uri or not config.metadata_poll_seconds:
+        log.info("stop detection off: no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)")
+        return None
+    watcher = StopWatcher(config.metadata_uri, reconciler, config.metadata_poll_seconds)
+    return asyncio.create_task(watcher.run(), name="stop-detection")
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

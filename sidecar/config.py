@@ -46,6 +46,9 @@ class Config:
     max_leases: int = 10000
     agent_uri: str | None = None
     metadata_uri: str | None = None
+    cluster: str | None = None
+    task_arn: str | None = None
+    metadata_poll_seconds: float = 5.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
@@ -65,6 +68,9 @@ class Config:
         log_level = p.choice("LOG_LEVEL", "info", LOG_LEVELS)
         cap = p.optional_number("MAX_PROTECTED_SECONDS", 60.0, 31_536_000.0)
         max_leases = p.integer("MAX_LEASES", 10000, 1, 1_000_000)
+        cluster = p.text("CLUSTER", "") or None
+        task_arn = p.text("TASK_ARN", "") or None
+        metadata_poll = p.number("METADATA_POLL_SECONDS", 5.0, 0.0, 3600.0)
 
         agent_uri = environ.get("ECS_AGENT_URI") or None
         metadata_uri = environ.get("ECS_CONTAINER_METADATA_URI_V4") or None
@@ -80,6 +86,12 @@ class Config:
         elif backend_choice in ("agent", "api", "local"):
             backend = backend_choice  # type: ignore[assignment]
 
+        if backend == "api" and not (cluster and task_arn) and not metadata_uri:
+            problems.append(
+                "TASK_PROTECTION_BACKEND=api needs the task's identity: "
+                "ECS_CONTAINER_METADATA_URI_V4 (set by ECS) or both TASK_PROTECTION_CLUSTER "
+                "and TASK_PROTECTION_TASK_ARN"
+            )
         if not _is_loopback(host) and not token:
             problems.append(
                 f"TASK_PROTECTION_HOST={host!r} is not a loopback address: set "
@@ -104,6 +116,9 @@ class Config:
             max_leases=max_leases,
             agent_uri=agent_uri,
             metadata_uri=metadata_uri,
+            cluster=cluster,
+            task_arn=task_arn,
+            metadata_poll_seconds=metadata_poll,
         )
 
     def describe(self) -> dict[str, object]:
@@ -120,6 +135,10 @@ class Config:
             "max_protected_seconds": self.max_protected_seconds,
             "max_leases": self.max_leases,
             "agent_uri": self.agent_uri,
+            "metadata_uri": self.metadata_uri,
+            "stop_detection": bool(self.metadata_uri and self.metadata_poll_seconds),
+            "cluster": self.cluster,
+            "task_arn": self.task_arn,
         }
 
 
@@ -136,6 +155,9 @@ _FLAGS = {
     "log_level": "LOG_LEVEL",
     "max_protected_seconds": "MAX_PROTECTED_SECONDS",
     "max_leases": "MAX_LEASES",
+    "cluster": "CLUSTER",
+    "task_arn": "TASK_ARN",
+    "metadata_poll_seconds": "METADATA_POLL_SECONDS",
 }
 
 

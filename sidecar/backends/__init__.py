@@ -23,11 +23,14 @@ def create_backend(config: Config, clock: Clock) -> Backend:
         from sidecar.backends.local import LocalBackend  # noqa: PLC0415
 
         return LocalBackend(clock)
-    raise ConfigError(
-        [
-            (
-                "TASK_PROTECTION_BACKEND=api: the ECS API backend is not available in this "
-                "version; use 'agent' (the default on ECS) or 'local'"
-            ),
-        ]
+    try:
+        from sidecar.backends.api import ApiBackend  # noqa: PLC0415
+    except ImportError as exc:
+        message = (
+            f"TASK_PROTECTION_BACKEND=api needs boto3 ({exc}): "
+            "pip install 'ecs-protection-sidecar[api]'"
+        )
+        raise ConfigError([message]) from exc
+    return ApiBackend(
+        cluster=config.cluster, task_arn=config.task_arn, metadata_uri=config.metadata_uri
     )

@@ -1,0 +1,77 @@
+"""A fake task metadata endpoint v4 on port 0: `/task` (and `/`) as ECS serves them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+
+def task_document(cluster: str, task_arn: str, desired: str = "RUNNING") -> dict[str, Any]:
+    return {
+        "Cluster": cluster,
+        "TaskARN": task_arn,
+        "Family": "queue-worker",
+        "Revision": "7",
+        "DesiredStatus": desired,
+        "KnownStatus": "RUNNING",
+        "LaunchType": "FARGATE",
+        "AvailabilityZone": "us-east-1a",
+        "Containers": [
+            {
+                "Name": "app",
+                "DockerId": "a" * 64,
+                "DesiredStatus": desired,
+                "KnownStatus": "RUNNING",
+            },
+            {
+                "Name": "protection",
+                "DockerId": "b" * 64,
+                "DesiredStatus": desired,
+                "KnownStatus": "RUNNING",
+            },
+        ],
+    }
+
+
+class FakeMetadata:
+    def __init__(
+        self,
+        cluster: str = "test-cluster",
+        task_arn: str = "arn:aws:ecs:us-east-1:123456789012:task/test-cluster/abc123",
+    ) -> None:
+        self.document = task_document(cluster, task_arn)
+        self.requests = 0
+        self.fail_with: int | None = None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def stop_task(self) -> None:
+        """What ECS does first when it stops the task."""
+        self.document["DesiredStatus"] = "STOPPED"
+        for container in self.document["Containers"]:
+            container["DesiredStatus"] = "STOPPED"
+
+    async def _task(self, _request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.fail_with is not None:
+            return web.Response(status=self.fail_with, text="unavailable")
+        return web.json_response(self.document)
+
+    async def _container(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.document["Containers"][1])
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/v4/abc/task", self._task)
+        app.router.add_get("/v4/abc", self._container)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v4/abc"
+        return self.url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
