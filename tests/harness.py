@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sidecar.backends.base import BackendError, Protection
 from sidecar.leases import LeaseTable
 from sidecar.machine import Action, Call, Exit, Machine, Op, Policy, Wait
 from tests.fakes.clock import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Harness:
     # Minutes ECS actually grants (None: what was asked).
     grant_minutes: int | None = None
     errors: deque[BackendError] = field(default_factory=deque)
+    failing: BackendError | None = None  # every call fails with this while set
     made: list[Made] = field(default_factory=list)
     rand: float = 1.0  # jitter factor source: 1.0 makes delays exact
     # Seconds added to the expiry ECS reports (not to the real one): a skewed answer.
@@ -42,6 +47,8 @@ class Harness:
 
     def __post_init__(self) -> None:
         self.start = self.clock.monotonic()
+        # ECS keeps true time: jumps of the local wall clock are skew, not time travel.
+        self._ecs_offset = self.clock.wall() - self.clock.monotonic()
         self.machine = Machine(
             self.policy, self.clock, LeaseTable(self.capacity), rand=lambda: self.rand
         )
@@ -53,12 +60,15 @@ class Harness:
     def ops(self) -> list[Op]:
         return [m.op for m in self.made]
 
+    def ecs_time(self) -> float:
+        return self.clock.monotonic() + self._ecs_offset
+
     def ecs_protected(self) -> bool:
-        return self.ecs_expires_wall is not None and self.ecs_expires_wall > self.clock.wall()
+        return self.ecs_expires_wall is not None and self.ecs_expires_wall > self.ecs_time()
 
     def settle(self) -> Action:
         """Answer calls until the machine waits or exits."""
-        for _ in range(10_000):
+        for _ in range(100):  # a real settle makes a handful of calls
             action = self.machine.poll()
             if not isinstance(action, Call):
                 return action
@@ -67,12 +77,14 @@ class Harness:
 
     def answer(self, call: Call) -> None:
         self.made.append(Made(self.now, call.op, call.expires_minutes))
-        if self.errors:
-            self.machine.on_failure(call, self.errors.popleft())
+        if self.errors or self.failing:
+            error = self.errors.popleft() if self.errors else self.failing
+            assert error is not None
+            self.machine.on_failure(call, error)
             return
         if call.op is Op.ENABLE:
             minutes = call.expires_minutes if self.grant_minutes is None else self.grant_minutes
-            self.ecs_expires_wall = self.clock.wall() + minutes * 60
+            self.ecs_expires_wall = self.ecs_time() + minutes * 60
         elif call.op is Op.DISABLE:
             self.ecs_expires_wall = None
         self.machine.on_success(call, self.ecs_state())
@@ -84,27 +96,39 @@ class Harness:
         reported = self.ecs_expires_wall + self.reported_skew
         return Protection(True, datetime.fromtimestamp(reported, UTC))
 
-    def run_for(self, seconds: float, *, check: bool = False) -> Action:
+    def run_for(self, seconds: float, *, check: bool | Callable[[], None] = False) -> Action:
         """Let `seconds` pass, waking the machine at each timer it asked for.
 
         With check=True, assert at every wake-up that ECS has the task protected
-        whenever a lease is held (the core promise).
+        whenever a lease is held (the core promise); a callable is called instead.
         """
+
+        def verify() -> None:
+            # Called the instant a timer fires, before the machine acts on it, too: a
+            # lapse that the wake-up itself would repair is still caught.
+            if callable(check):
+                check()
+            elif check and self.machine.leases:
+                assert self.ecs_protected(), f"unprotected while busy at t={self.now}"
+
         end = self.clock.monotonic() + seconds
+        stalled = 0
         while True:
             action = self.settle()
-            if check and self.machine.leases:
-                assert self.ecs_protected(), f"unprotected while busy at t={self.now}"
+            verify()
             if isinstance(action, Exit):
                 return action
             assert isinstance(action, Wait)
             if action.until is None or action.until > end:
-                self.clock.mono, self.clock.wall_time = (
-                    end,
-                    self.clock.wall_time + end - self.clock.mono,
-                )
+                self.clock.advance(end - self.clock.monotonic())
+                verify()
                 return self.settle()
-            self.clock.advance(max(0.0, action.until - self.clock.monotonic()))
+            step = max(0.0, action.until - self.clock.monotonic())
+            stalled = stalled + 1 if step == 0 else 0
+            if stalled > 1000:
+                raise AssertionError(f"the machine keeps asking to be woken now, t={self.now}")
+            self.clock.advance(step)
+            verify()
 
     def busy(self, lease: str = "job", ttl: float | None = None) -> Action:
         self.machine.acquire(lease, ttl)

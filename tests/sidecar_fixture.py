@@ -53,10 +53,12 @@ async def running_sidecar(
     policy: Policy | None = None,
     token: str | None = None,
     max_leases: int = 100,
+    agent_uri: str | None = None,
+    backend_timeout: float = 5.0,
 ) -> AsyncIterator[Running]:
     clock = clock or SystemClock()
     machine = Machine(policy or Policy(), clock, LeaseTable(max_leases))
-    backend = AgentBackend(agent.uri("task-1"), timeout=5.0)
+    backend = AgentBackend(agent_uri or agent.uri("task-1"), timeout=backend_timeout)
     reconciler = Reconciler(machine, backend, clock)
     api = Api(reconciler, clock, "agent", token)
     client = await aiohttp_client(build_app(api))

@@ -102,8 +102,18 @@ def reset() -> Fault:
 
 
 def truncated() -> Fault:
-    """A 200 whose JSON body is cut in half."""
+    """A 200 whose JSON body is cut in half, the connection dropped mid-answer."""
     return Fault("truncated")
+
+
+def garbled() -> Fault:
+    """A complete 200 answer whose body is truncated JSON (Content-Length matches)."""
+    return Fault("garbled")
+
+
+def answer(status: int, body: str, content_type: str = "application/json") -> Fault:
+    """Any answer at all: for rows the agent produces only on requests we never send."""
+    return Fault("answer", status=status, message=body, code=content_type)
 
 
 @dataclass
@@ -179,10 +189,10 @@ class FakeAgent:
             and (endpoint is None or c.endpoint == endpoint)
         ]
 
-    async def start(self, host: str = "127.0.0.1") -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, 0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://{host}:{port}"
@@ -314,6 +324,13 @@ class FakeAgent:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)  # never reaches the client
+        if kind == "garbled":
+            whole = json.dumps({"protection": self._protection(task)})
+            return web.Response(
+                status=200, text=whole[: len(whole) // 2], content_type="application/json"
+            )
+        if kind == "answer":
+            return web.Response(status=fault.status, text=fault.message, content_type=fault.code)
         if kind == "truncated":
             whole = json.dumps({"protection": self._protection(task)}).encode()
             response = web.StreamResponse(
