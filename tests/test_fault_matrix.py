@@ -136,6 +136,7 @@ async def check_failing(
     code: str,
     retryable: bool,
     caplog: pytest.LogCaptureFixture,
+    *,
     op: str = "enable",
 ) -> None:
     status, body = await sidecar.post("/busy", {"lease": "job", "wait_seconds": 0.3})
@@ -197,7 +198,7 @@ async def test_unknown_endpoint_id_then_the_task_appears(
         aiohttp_client, agent, clock=clock, agent_uri=agent.uri("late-task")
     ) as sidecar:
         # The start-up read failed with 404, and the retry slot holds the enable back.
-        await check_failing(sidecar, clock, "ResourceNotFoundException", False, caplog, "get")
+        await check_failing(sidecar, clock, "ResourceNotFoundException", False, caplog, op="get")
         agent.add_task("late-task")
         await check_converges(sidecar, clock)
 
@@ -215,7 +216,7 @@ async def test_agent_down_then_up(aiohttp_client, caplog):
     uri = f"http://127.0.0.1:{port}/api/task-1"
     caplog.set_level(logging.INFO)
     async with running_sidecar(aiohttp_client, agent, clock=clock, agent_uri=uri) as sidecar:
-        await check_failing(sidecar, clock, "ConnectionError", True, caplog, "get")
+        await check_failing(sidecar, clock, "ConnectionError", True, caplog, op="get")
         await agent.start(port=port)
         agent.add_task("task-1")
         try:
