@@ -41,6 +41,11 @@ class Reconciler:
         self.settled.clear()
         self._wake.set()
 
+    def notify(self) -> None:
+        """Wake everyone waiting in wait_protected() to look at the state again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def force_exit(self, code: int, reason: str) -> None:
         self._forced = Exit(code, reason)
         self.wake()
@@ -60,7 +65,10 @@ class Reconciler:
             self._wake.clear()
             if self._forced is not None:
                 return self._forced
+            expired_before = machine.counters.leases_expired
             action = machine.poll()
+            if machine.counters.leases_expired != expired_before:
+                self.notify()  # a waiter's own lease may be gone
             if isinstance(action, Exit):
                 return action
             if isinstance(action, Call):
@@ -91,8 +99,7 @@ class Reconciler:
             )
         else:
             self.machine.on_success(call, result)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.notify()
         self.wake()
 
     async def wait_protected(self, lease_id: str, wait_seconds: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.web")
 
 MAX_BODY_BYTES = 64 * 1024
+# The API's description, kept beside the code it describes and tested against it.
+OPENAPI = (resources.files("sidecar") / "openapi.json").read_bytes()
 
 # aiohttp's own HTTP errors, under the codes the API documents.
 _HTTP_CODES = {
@@ -63,7 +66,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     allow = exc.headers.get("Allow")
     message = {
         404: f"no endpoint {request.path}; the API has POST /busy, POST /idle, "
-        "POST /release, GET /state, GET /healthz, GET /metrics",
+        "POST /release, GET /state, GET /healthz, GET /metrics, GET /openapi.json",
         405: f"{request.method} is not allowed on {request.path}; use {allow}",
         413: f"request body is larger than {MAX_BODY_BYTES} bytes",
     }.get(exc.status, exc.reason)
@@ -173,8 +176,10 @@ class Api:
     async def idle(self, request: web.Request) -> web.Response:
         req = parse_idle(await request.read())
         released = self.machine.release(req.lease)
-        if released and not self.machine.leases:
-            self.reconciler.wake()  # start the idle grace timer
+        if released:
+            self.reconciler.notify()  # a /busy may be waiting on this very lease
+            if not self.machine.leases:
+                self.reconciler.wake()  # start the idle grace timer
         return web.json_response({"released": released, "leases": len(self.machine.leases)})
 
     async def release(self, request: web.Request) -> web.Response:
@@ -184,6 +189,7 @@ class Api:
             log.warning(
                 "operator released %d lease(s) with POST /release", count, extra={"released": count}
             )
+            self.reconciler.notify()
             self.reconciler.wake()
         return web.json_response({"released": count})
 
@@ -192,6 +198,9 @@ class Api:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI, content_type="application/json")
 
     async def metrics(self, _request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
@@ -254,4 +263,5 @@ def build_app(api: Api) -> web.Application:
     app.router.add_get("/state", api.state)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/metrics", api.metrics)
+    app.router.add_get("/openapi.json", api.openapi)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -280,3 +281,29 @@ async def test_unknown_paths_and_methods_get_json_errors(sidecar, method, path, 
     body = await response.json()
     assert (response.status, body["error"]["code"]) == (status, code)
     assert path in body["error"]["message"]
+
+
+async def test_a_waiting_busy_answers_as_soon_as_its_lease_is_released(aiohttp_client, agent):
+    """Found by schemathesis: a waiter was only woken by backend answers, not by its lease going."""
+    agent.fail(fa.delay(30, methods=("PUT",)))
+    async with running_sidecar(aiohttp_client, agent) as sidecar:
+        waiting = asyncio.create_task(sidecar.post("/busy", {"lease": "j", "wait_seconds": 60}))
+        while "j" not in sidecar.machine.leases:
+            await asyncio.sleep(0)
+        await sidecar.post("/idle", {"lease": "j"})
+        status, body = await asyncio.wait_for(waiting, 5)
+        assert (status, body["leases"]) == (503, 0)
+
+
+async def test_a_waiting_busy_answers_when_its_ttl_expires(fake_time):
+    sidecar, agent, clock = fake_time
+    agent.fail(fa.delay(30, methods=("PUT",)))
+    waiting = asyncio.create_task(
+        sidecar.post("/busy", {"lease": "j", "ttl_seconds": 5, "wait_seconds": 60})
+    )
+    while "j" not in sidecar.machine.leases:
+        await asyncio.sleep(0)
+    clock.advance(6)
+    sidecar.reconciler.wake()
+    status, _ = await asyncio.wait_for(waiting, 5)
+    assert status == 503
