@@ -35,6 +35,12 @@ class Running:
         await asyncio.sleep(0)
         await asyncio.wait_for(self.reconciler.settled.wait(), 10)
 
+    async def holds(self, lease: str, within: float = 10.0) -> None:
+        """Wait until the machine holds `lease` (a request in flight has reached it)."""
+        async with asyncio.timeout(within):
+            while lease not in self.machine.leases:  # noqa: ASYNC110  (state, not an event)
+                await asyncio.sleep(0)
+
     async def post(self, path: str, json: Any = None, **kwargs: Any) -> tuple[int, Any]:
         response = await self.client.post(path, json=json, **kwargs)
         return response.status, await response.json()

@@ -288,8 +288,7 @@ async def test_a_waiting_busy_answers_as_soon_as_its_lease_is_released(aiohttp_c
     agent.fail(fa.delay(30, methods=("PUT",)))
     async with running_sidecar(aiohttp_client, agent) as sidecar:
         waiting = asyncio.create_task(sidecar.post("/busy", {"lease": "j", "wait_seconds": 60}))
-        while "j" not in sidecar.machine.leases:
-            await asyncio.sleep(0)
+        await sidecar.holds("j")
         await sidecar.post("/idle", {"lease": "j"})
         status, body = await asyncio.wait_for(waiting, 5)
         assert (status, body["leases"]) == (503, 0)
@@ -301,8 +300,7 @@ async def test_a_waiting_busy_answers_when_its_ttl_expires(fake_time):
     waiting = asyncio.create_task(
         sidecar.post("/busy", {"lease": "j", "ttl_seconds": 5, "wait_seconds": 60})
     )
-    while "j" not in sidecar.machine.leases:
-        await asyncio.sleep(0)
+    await sidecar.holds("j")
     clock.advance(6)
     sidecar.reconciler.wake()
     status, _ = await asyncio.wait_for(waiting, 5)
