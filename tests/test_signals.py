@@ -160,3 +160,10 @@ def test_a_port_in_use_exits_one(spawn):
             assert process.wait_for_log("cannot listen")
         finally:
             process.stop()
+
+
+def test_refuses_a_non_loopback_address_without_a_token():
+    result = run_cli({"TASK_PROTECTION_HOST": "0.0.0.0"})  # noqa: S104
+    assert result.returncode == 2
+    assert "not a loopback address" in result.stderr
+    assert "TASK_PROTECTION_TOKEN" in result.stderr
