@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def moto_server() -> Iterator[str]:
     """A ThreadedMotoServer on a loopback port 0, shim installed; yields its URL."""
     use_fake_credentials()
     moto_ecs.install()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -6,9 +6,10 @@ import pytest
 
 from tests.fakes.agent import FakeAgent
 from tests.fakes.clock import FakeClock
+from tests.fakes.threaded import ThreadedServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 
 @pytest.fixture
@@ -24,3 +25,17 @@ async def agent() -> AsyncIterator[FakeAgent]:
     fake.add_task("task-1")
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+def agent_in_thread() -> Iterator[FakeAgent]:
+    """The fake agent with `task-1`, served from its own thread, for blocking tests."""
+    fake = FakeAgent()
+
+    async def start() -> str:
+        url = await fake.start()
+        fake.add_task("task-1")
+        return url
+
+    with ThreadedServer(start, fake.close):
+        yield fake

@@ -6,26 +6,15 @@ import os
 import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ecs_protection import Client, busy
-from tests.fakes.agent import FakeAgent
-from tests.fakes.threaded import ThreadedServer
 from tests.processes import SidecarProcess
 
-
-@pytest.fixture
-def agent_in_thread():
-    fake = FakeAgent()
-
-    async def start() -> str:
-        url = await fake.start()
-        fake.add_task("task-1")
-        return url
-
-    with ThreadedServer(start, fake.close):
-        yield fake
+if TYPE_CHECKING:
+    from tests.fakes.agent import FakeAgent
 
 
 @pytest.fixture

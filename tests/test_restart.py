@@ -8,25 +8,8 @@ import socket
 import threading
 import time
 
-import pytest
-
 from ecs_protection import Client, busy
-from tests.fakes.agent import FakeAgent
-from tests.fakes.threaded import ThreadedServer
 from tests.processes import SidecarProcess
-
-
-@pytest.fixture
-def agent_in_thread():
-    fake = FakeAgent()
-
-    async def start() -> str:
-        url = await fake.start()
-        fake.add_task("task-1")
-        return url
-
-    with ThreadedServer(start, fake.close):
-        yield fake
 
 
 def free_port() -> int:

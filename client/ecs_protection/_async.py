@@ -12,8 +12,6 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from ecs_protection._busy import Busy
-
 
 def _aiohttp() -> ModuleType:
     try:
@@ -25,14 +23,13 @@ def _aiohttp() -> ModuleType:
     return aiohttp
 
 
-class AsyncClient:
+class AsyncClient(p.BaseClient):
     """Talks to the sidecar from asyncio code; one aiohttp session, kept alive."""
 
     def __init__(
         self, url: str | None = None, *, token: str | None = None, strict: bool | None = None
     ) -> None:
-        self.settings = p.Settings.from_environ(url=url, token=token, strict=strict)
-        self._unreachable = p.Unreachable(self.settings)
+        super().__init__(url, token=token, strict=strict)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -105,22 +102,3 @@ class AsyncClient:
         except TimeoutError:
             return False
         return True
-
-    def busy(
-        self,
-        *,
-        ttl: float | None = None,
-        lease_prefix: str = "job",
-        wait_seconds: float | None = None,
-        require_protection: bool = False,
-    ) -> Busy:
-        """busy() bound to this client."""
-        from ecs_protection._busy import Busy  # noqa: PLC0415  (avoids an import cycle)
-
-        return Busy(
-            async_client=self,
-            ttl=ttl,
-            lease_prefix=lease_prefix,
-            wait_seconds=wait_seconds,
-            require_protection=require_protection,
-        )

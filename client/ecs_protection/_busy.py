@@ -57,6 +57,9 @@ _uses: contextvars.ContextVar[tuple[_Use, ...]] = contextvars.ContextVar("busy_u
 class Busy:
     """Hold a lease on the sidecar (the task stays protected) while a block or function runs.
 
+    `with busy():`, `async with busy():`, `@busy()` on a def or an async def. The value
+    bound by `as` is the sidecar's answer (`Lease`: `.lease`, `.protected`, ...).
+
     Each use takes a new unique lease and releases it on exit, even when the body raises.
     With `ttl`, the lease expires unless refreshed, and a heartbeat (a thread, or a task
     in async code) refreshes it every ttl/3 seconds while the block runs.
@@ -183,28 +186,8 @@ class Busy:
         raise RuntimeError("busy() exited without being entered in this thread or task")
 
 
-def busy(  # noqa: PLR0913
-    *,
-    ttl: float | None = None,
-    lease_prefix: str = "job",
-    wait_seconds: float | None = None,
-    require_protection: bool = False,
-    client: Client | None = None,
-    async_client: AsyncClient | None = None,
-) -> Busy:
-    """Keep the task protected while a block or function runs.
-
-    `with busy():`, `async with busy():`, `@busy()` on a def or an async def. The value
-    bound by `as` is the sidecar's answer (`Lease`: `.lease`, `.protected`, ...).
-    """
-    return Busy(
-        ttl=ttl,
-        lease_prefix=lease_prefix,
-        wait_seconds=wait_seconds,
-        require_protection=require_protection,
-        client=client,
-        async_client=async_client,
-    )
+# `busy(...)` reads as what it does; it is the class itself, so that a use is one object.
+busy = Busy
 
 
 def _log_unprotected(lease: Lease) -> None:

@@ -181,6 +181,16 @@ def _error(status: int, doc: dict[str, Any]) -> SidecarError:
     return _ERRORS.get(code, SidecarError)(status, code, message)
 
 
+class BaseClient:
+    """What both clients hold without doing I/O: settings and the unreachable policy."""
+
+    def __init__(
+        self, url: str | None = None, *, token: str | None = None, strict: bool | None = None
+    ) -> None:
+        self.settings = Settings.from_environ(url=url, token=token, strict=strict)
+        self._unreachable = Unreachable(self.settings)
+
+
 class Unreachable:
     """What to do when the sidecar does not answer: raise (strict) or warn once and go on."""
 

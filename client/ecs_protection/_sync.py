@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import requests
 
 from ecs_protection import _protocol as p
 
-if TYPE_CHECKING:
-    from ecs_protection._busy import Busy
 
-
-class Client:
+class Client(p.BaseClient):
     """Talks to the sidecar; thread-safe for the requests it makes."""
 
     def __init__(
@@ -24,9 +21,8 @@ class Client:
         strict: bool | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        self.settings = p.Settings.from_environ(url=url, token=token, strict=strict)
+        super().__init__(url, token=token, strict=strict)
         self._session = session or requests.Session()
-        self._unreachable = p.Unreachable(self.settings)
 
     def __enter__(self) -> Self:
         return self
@@ -95,22 +91,3 @@ class Client:
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             time.sleep(pause)
-
-    def busy(
-        self,
-        *,
-        ttl: float | None = None,
-        lease_prefix: str = "job",
-        wait_seconds: float | None = None,
-        require_protection: bool = False,
-    ) -> Busy:
-        """busy() bound to this client."""
-        from ecs_protection._busy import Busy  # noqa: PLC0415  (avoids an import cycle)
-
-        return Busy(
-            client=self,
-            ttl=ttl,
-            lease_prefix=lease_prefix,
-            wait_seconds=wait_seconds,
-            require_protection=require_protection,
-        )

@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+    # (task, (ProtectionEnabled, ExpiresInMinutes) for a PUT or None for a GET) -> answer
+    EcsCall = Callable[["Task", "tuple[bool | None, int | None] | None"], Awaitable[web.Response]]
 
 STATE_PATH = re.compile(r"^/api/(?P<endpoint>[^/]+)/task-protection/v1/state$")
 DEFAULT_EXPIRES_MINUTES = 120  # ECS's default when ExpiresInMinutes is absent
@@ -123,6 +126,7 @@ class Recorded:
     body: bytes
     status: int
     endpoint: str | None
+    at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -151,7 +155,12 @@ class FakeAgent:
         self.calls: list[Recorded] = []
         self._faults: deque[Fault] = deque()
         self._sticky: Fault | None = None
-        self._bucket = _Bucket() if rate_limit else None
+        # The agent limits each task's requests (shared with its metadata calls).
+        self._rate_limit = rate_limit
+        self._buckets: dict[str, _Bucket] = {}
+        # Where protection lives: None keeps it here; the drill plugs in moto, so that
+        # the agent calls the ECS API as the real one does.
+        self.ecs: EcsCall | None = None
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.app = web.Application()
@@ -159,8 +168,10 @@ class FakeAgent:
 
     # ---- set-up -------------------------------------------------------------
 
-    def add_task(self, endpoint: str = "task-1", *, has_role: bool = True) -> Task:
-        arn = f"arn:aws:ecs:us-east-1:123456789012:task/test-cluster/{uuid.uuid4().hex}"
+    def add_task(
+        self, endpoint: str = "task-1", *, has_role: bool = True, arn: str | None = None
+    ) -> Task:
+        arn = arn or f"arn:aws:ecs:us-east-1:123456789012:task/test-cluster/{uuid.uuid4().hex}"
         self.tasks[endpoint] = Task(arn=arn, has_role=has_role)
         return self.tasks[endpoint]
 
@@ -218,8 +229,10 @@ class FakeAgent:
     async def _answer(
         self, request: web.Request, body: bytes, endpoint: str | None
     ) -> web.StreamResponse:
-        if self._bucket is not None and not self._bucket.take():
-            return web.Response(status=429, text="You have reached maximum request limit.")
+        if self._rate_limit and endpoint is not None:
+            bucket = self._buckets.setdefault(endpoint, _Bucket())
+            if not bucket.take():
+                return web.Response(status=429, text="You have reached maximum request limit.")
         if "//" in request.path:
             cleaned = re.sub("/+", "/", request.path)
             return web.Response(status=301, headers={"Location": cleaned})
@@ -259,6 +272,8 @@ class FakeAgent:
             if faulty is not None:
                 return faulty
 
+        if self.ecs is not None:
+            return await self.ecs(task, update)
         if update is not None:
             enabled, minutes = update
             if enabled:
@@ -353,6 +368,29 @@ def _error(status: int, code: str, message: str, arn: str | None = None) -> web.
     if arn is not None:
         error = {"Arn": arn, **error}
     return web.json_response({"error": error}, status=status)
+
+
+def ecs_error_response(task: Task, status: int, code: str, message: str) -> web.Response:
+    """An ECS API error as the agent passes it on."""
+    return _ecs_error(task, status, code, message)
+
+
+def protection_response(task: Task, enabled: bool, expires_wall: float | None) -> web.Response:
+    return web.json_response(
+        {
+            "protection": {
+                "ExpirationDate": format_expiration(expires_wall)
+                if enabled and expires_wall
+                else None,
+                "ProtectionEnabled": enabled,
+                "TaskArn": task.arn,
+            }
+        }
+    )
+
+
+def failure_response(task: Task, reason: str, detail: str | None) -> web.Response:
+    return web.json_response({"failure": {"Arn": task.arn, "Detail": detail, "Reason": reason}})
 
 
 def _ecs_error(task: Task, status: int, code: str, message: str) -> web.Response:
