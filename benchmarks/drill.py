@@ -98,6 +98,7 @@ class SimTask:
         drill.agent.add_task(self.endpoint, arn=self.arn)
         self.journal = drill.workdir / f"{drill.mode}-{index}.journal"
         self.sidecar: SidecarProcess | None = None
+        self.stopped_at: float | None = None
         env = {
             **os.environ,
             **CREDENTIALS,
@@ -131,6 +132,7 @@ class SimTask:
             _terminate(self.sidecar.proc, self.drill.settings.stop_timeout)
             self.sidecar.stop()
         self.drill.cluster.ecs.stop_task(cluster=self.drill.cluster.name, task=self.arn)
+        self.stopped_at = time.time()
 
 
 def _terminate(proc: subprocess.Popen[Any], stop_timeout: float) -> None:
@@ -334,15 +336,24 @@ class Drill:
             for start, end in jobs:
                 events += [(start - began, 1), (end - began, -1)]
         in_flight = _steps(events)
+        # Protection changes per task, from the agent's log; a stopped task's protection
+        # ends with it (naive workers can be stopped right after protecting themselves).
+        changes: list[tuple[float, str, bool]] = [
+            (call.at, call.endpoint, bool(json.loads(call.body).get("ProtectionEnabled")))
+            for call in self.agent.calls
+            if call.method == "PUT" and call.status == 200 and call.endpoint is not None
+        ]
+        changes += [
+            (task.stopped_at, task.endpoint, False)
+            for task in self.all_tasks
+            if task.stopped_at is not None
+        ]
         toggles: list[tuple[float, int]] = []
         state: dict[str, bool] = {}
-        for call in self.agent.calls:
-            if call.method != "PUT" or call.status != 200 or call.endpoint is None:
-                continue
-            enabled = bool(json.loads(call.body).get("ProtectionEnabled"))
-            if state.get(call.endpoint, False) != enabled:
-                state[call.endpoint] = enabled
-                toggles.append((call.at - began, 1 if enabled else -1))
+        for at, endpoint, enabled in sorted(changes):
+            if state.get(endpoint, False) != enabled:
+                state[endpoint] = enabled
+                toggles.append((at - began, 1 if enabled else -1))
         return {"in_flight": in_flight, "protected": _steps(toggles)}
 
 
