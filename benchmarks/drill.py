@@ -60,6 +60,7 @@ class Settings:
     grace: float = 1.0  # TASK_PROTECTION_IDLE_GRACE_SECONDS
     stop_timeout: float = 3.0  # both containers' stopTimeout, scaled down
     scale_every: float = 2.5
+    plan: tuple[str, ...] = ("in", "out", "in", "out", "deploy")  # repeated
     seed: int = 7
     timeout: float = 600.0
 
@@ -222,10 +223,10 @@ class Drill:
         self.deployments += 1
 
     def scaler(self) -> None:
-        steps = [self.scale_in, self.scale_out, self.scale_in, self.scale_out, self.deploy]
+        actions = {"in": self.scale_in, "out": self.scale_out, "deploy": self.deploy}
         step = 0
         while not self._stop.wait(self.settings.scale_every):
-            steps[step % len(steps)]()
+            actions[self.settings.plan[step % len(self.settings.plan)]]()
             step += 1
 
     def producer(self) -> None:

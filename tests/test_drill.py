@@ -8,7 +8,10 @@ from benchmarks.drill import Settings, environment, run_drill
 
 
 def test_sidecar_mode_interrupts_no_job_and_makes_minimal_calls():
-    settings = Settings(jobs=150, wave=50, tasks=3, scale_every=1.5, timeout=90)
+    # The deployment comes second, so that even a quick run has one while jobs run.
+    settings = Settings(
+        jobs=150, wave=50, tasks=3, scale_every=1.5, timeout=90, plan=("in", "deploy", "out")
+    )
     with environment() as (moto_url, agent, workdir):
         result = run_drill("sidecar", settings, moto_url, agent, workdir)
     assert result.completed == settings.jobs
