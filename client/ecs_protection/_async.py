@@ -71,11 +71,8 @@ class AsyncClient(p.BaseClient):
         *,
         require_protection: bool = False,
     ) -> p.Lease:
-        wait = self.settings.wait_seconds if wait_seconds is None else wait_seconds
-        answer = await self._send(p.busy_request(lease, ttl, wait))
-        if answer is None:
-            return p.Lease(lease, protected=False, reason="sidecar unreachable")
-        return p.parse_busy(*answer, require_protection=require_protection)
+        answer = await self._send(self._busy_request(lease, ttl, wait_seconds))
+        return p.lease_answer(lease, answer, require_protection=require_protection)
 
     async def release(self, lease: str) -> bool:
         answer = await self._send(p.idle_request(lease))

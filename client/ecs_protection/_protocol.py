@@ -96,6 +96,7 @@ class State:
 
 def busy_request(lease: str, ttl: float | None, wait: float) -> Request:
     body: dict[str, Any] = {"lease": lease, "wait_seconds": wait}
+
     if ttl is not None:
         body["ttl_seconds"] = ttl
     return Request("POST", "/busy", body, wait + REQUEST_MARGIN_SECONDS)
@@ -133,6 +134,15 @@ def parse_busy(status: int, payload: bytes, *, require_protection: bool) -> Leas
             reason=error.message,
         )
     raise error
+
+
+def lease_answer(
+    lease: str, answer: tuple[int, bytes] | None, *, require_protection: bool
+) -> Lease:
+    """The outcome of a busy request; None (unreachable, not strict) runs unprotected."""
+    if answer is None:
+        return Lease(lease, protected=False, reason="sidecar unreachable")
+    return parse_busy(*answer, require_protection=require_protection)
 
 
 def parse_idle(status: int, payload: bytes) -> bool:
@@ -189,6 +199,10 @@ class BaseClient:
     ) -> None:
         self.settings = Settings.from_environ(url=url, token=token, strict=strict)
         self._unreachable = Unreachable(self.settings)
+
+    def _busy_request(self, lease: str, ttl: float | None, wait_seconds: float | None) -> Request:
+        wait = self.settings.wait_seconds if wait_seconds is None else wait_seconds
+        return busy_request(lease, ttl, wait)
 
 
 class Unreachable:

@@ -57,11 +57,8 @@ class Client(p.BaseClient):
         require_protection: bool = False,
     ) -> p.Lease:
         """POST /busy: take or refresh `lease`; see busy() for the usual way."""
-        wait = self.settings.wait_seconds if wait_seconds is None else wait_seconds
-        answer = self._send(p.busy_request(lease, ttl, wait))
-        if answer is None:
-            return p.Lease(lease, protected=False, reason="sidecar unreachable")
-        return p.parse_busy(*answer, require_protection=require_protection)
+        answer = self._send(self._busy_request(lease, ttl, wait_seconds))
+        return p.lease_answer(lease, answer, require_protection=require_protection)
 
     def release(self, lease: str) -> bool:
         """POST /idle; False when the lease was unknown or the sidecar unreachable."""
