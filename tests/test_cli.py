@@ -76,9 +76,9 @@ def test_busy_holds_a_lease_while_cmd_runs_and_exits_with_its_code(sidecar):
 
 def test_busy_forwards_sigterm_to_cmd(sidecar):
     child = (
-        "import signal, sys, time;"
+        "import signal, sys;"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42));"
-        "print('ready', flush=True); time.sleep(60)"
+        "print('ready', flush=True); signal.pause()"
     )
     proc = start(["busy", "--", sys.executable, "-c", child], cli_env(sidecar))
     assert read_line(proc.stdout) == "ready"
@@ -158,9 +158,10 @@ def test_run_reports_a_missing_command():
 
 
 TERM_REPORTER = (
-    "import signal, sys, time;"
+    "import signal, sys;"
     "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)));"
-    "print('ready', flush=True); time.sleep(120)"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()"
 )
 
 
@@ -212,9 +213,10 @@ def test_run_stops_holding_after_the_hold_timeout(sidecar):
 
 def test_run_forwards_other_signals_immediately(sidecar):
     child = (
-        "import signal, sys, time;"
+        "import signal;"
         "signal.signal(signal.SIGUSR1, lambda *a: print('USR1', flush=True));"
-        "print('ready', flush=True); time.sleep(5); sys.exit(3)"
+        "print('ready', flush=True)\n"
+        "while True: signal.pause()"
     )
     sidecar.post("/busy", {"lease": "job"})
     proc = start(["run", "--", sys.executable, "-c", child], cli_env(sidecar))
