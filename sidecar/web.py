@@ -66,7 +66,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     allow = exc.headers.get("Allow")
     message = {
         404: f"no endpoint {request.path}; the API has POST /busy, POST /idle, "
-        "POST /release, GET /state, GET /healthz, GET /metrics, GET /openapi.json",
+        "POST /release, POST /drain, GET /state, GET /healthz, GET /metrics, GET /openapi.json",
         405: f"{request.method} is not allowed on {request.path}; use {allow}",
         413: f"request body is larger than {MAX_BODY_BYTES} bytes",
     }.get(exc.status, exc.reason)
@@ -193,6 +193,19 @@ class Api:
             self.reconciler.wake()
         return web.json_response({"released": count})
 
+    async def drain(self, request: web.Request) -> web.Response:
+        parse_empty(await request.read())
+        machine = self.machine
+        if not machine.draining:
+            log.warning(
+                "POST /drain: draining; new leases are refused, the %d held keep working",
+                len(machine.leases),
+                extra={"leases": len(machine.leases)},
+            )
+        machine.start_drain(None, exit_when_idle=False)
+        self.reconciler.wake()
+        return web.json_response({"draining": True, "leases": len(machine.leases)})
+
     async def state(self, _request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
 
@@ -260,6 +273,7 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/busy", api.busy)
     app.router.add_post("/idle", api.idle)
     app.router.add_post("/release", api.release)
+    app.router.add_post("/drain", api.drain)
     app.router.add_get("/state", api.state)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/metrics", api.metrics)

@@ -188,6 +188,23 @@ async def test_release_drops_every_lease(sidecar):
     assert state["busy"] is False
 
 
+async def test_drain_refuses_new_leases_keeps_held_ones_and_does_not_exit(sidecar):
+    """POST /drain: what stop detection does, asked for by the app container's wrapper."""
+    await sidecar.post("/busy", {"lease": "held"})
+    assert await sidecar.post("/drain") == (200, {"draining": True, "leases": 1})
+    assert await sidecar.post("/drain") == (200, {"draining": True, "leases": 1})  # idempotent
+    status, body = await sidecar.post("/busy", {"lease": "new"})
+    assert (status, body["error"]["code"]) == (503, "Draining")
+    assert (await sidecar.post("/busy", {"lease": "held"}))[0] == 200
+    assert await sidecar.post("/idle", {"lease": "held"}) == (200, {"released": True, "leases": 0})
+    await sidecar.settle()
+    assert not sidecar.task.done()  # draining without exiting: only a signal ends the process
+    _, state = await sidecar.get("/state")
+    assert (state["draining"], state["drain_deadline"]) == (True, None)
+    status, body = await sidecar.post("/drain", {"now": True})
+    assert (status, body["error"]["code"]) == (400, "InvalidRequest")
+
+
 async def test_token_guards_posts_only(aiohttp_client, agent):
     token = "s3cret-token-0123456789"
     async with running_sidecar(aiohttp_client, agent, token=token) as sidecar:
@@ -197,6 +214,9 @@ async def test_token_guards_posts_only(aiohttp_client, agent):
         assert status == 401
         status, _ = await sidecar.post("/release")
         assert status == 401
+        status, _ = await sidecar.post("/drain")
+        assert status == 401
+        assert sidecar.machine.draining is False
         status, _ = await sidecar.post("/busy", headers={"Authorization": f"Bearer {token}"})
         assert status == 200
         assert (await sidecar.get("/state"))[0] == 200
