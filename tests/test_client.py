@@ -1,11 +1,13 @@
-"""ecs_protection against a fake sidecar on port 0: busy() in every form, errors, unreachable."""
+"""ecs_protection against a fake sidecar on port 0: busy() in every form, errors, unreachable.
+
+Runs on every Python the client supports (see noxfile.py): stdlib fakes only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-import time
 
 import pytest
 
@@ -19,16 +21,12 @@ from ecs_protection import (
     busy,
 )
 from ecs_protection import _protocol as protocol
-from tests.fakes.sidecar import FakeSidecar, threaded
-
-NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens
+from tests.client_support import NOWHERE, FakeSidecar, wait_until
 
 
 @pytest.fixture
 def fake():
-    sidecar = FakeSidecar()
-    with threaded(sidecar) as server:
-        sidecar.url = server.url  # type: ignore[attr-defined]
+    with FakeSidecar() as sidecar:
         yield sidecar
 
 
@@ -36,14 +34,6 @@ def fake():
 def client(fake):
     with Client(fake.url) as c:
         yield c
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # ---- the shared protocol -------------------------------------------------------------
@@ -73,7 +63,7 @@ def test_lease_ids_are_unique_and_valid():
 def test_error_codes_map_to_exceptions(code, error):
     payload = f'{{"error": {{"code": "{code}", "message": "m"}}}}'.encode()
     with pytest.raises(error) as caught:
-        protocol.parse_busy(503, payload, require_protection=True)
+        protocol.parse_busy(503, payload, lease="j", require_protection=True)
     assert (caught.value.code, caught.value.message) == (code, "m")
 
 
@@ -82,7 +72,7 @@ def test_protection_unavailable_is_an_outcome_unless_required():
         b'{"error": {"code": "ProtectionUnavailable", "message": "slow"}, "lease": "j", '
         b'"protected": false, "leases": 1}'
     )
-    lease = protocol.parse_busy(503, payload, require_protection=False)
+    lease = protocol.parse_busy(503, payload, lease="j", require_protection=False)
     assert (lease.lease, lease.protected, lease.reason, lease.leases) == ("j", False, "slow", 1)
 
 

@@ -11,8 +11,9 @@ strict (TASK_PROTECTION_STRICT=1).
 """
 
 from ecs_protection._async import AsyncClient
-from ecs_protection._busy import Busy, busy, default_client
+from ecs_protection._busy import Busy, busy, default_client, hold
 from ecs_protection._errors import (
+    InvalidAnswerError,
     ProtectionError,
     ProtectionUnavailableError,
     SidecarError,
@@ -20,15 +21,19 @@ from ecs_protection._errors import (
     TaskDrainingError,
     TooManyLeasesError,
 )
+from ecs_protection._hold import AsyncHold, Hold
 from ecs_protection._protocol import Lease, Settings, State
 from ecs_protection._shutdown import GracefulShutdown
 from ecs_protection._sync import Client
 
 __all__ = [
     "AsyncClient",
+    "AsyncHold",
     "Busy",
     "Client",
     "GracefulShutdown",
+    "Hold",
+    "InvalidAnswerError",
     "Lease",
     "ProtectionError",
     "ProtectionUnavailableError",
@@ -40,4 +45,5 @@ __all__ = [
     "TooManyLeasesError",
     "busy",
     "default_client",
+    "hold",
 ]

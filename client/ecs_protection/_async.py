@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from ecs_protection import _protocol as p
+from ecs_protection._hold import AsyncHold
 
 if TYPE_CHECKING:
-    from types import ModuleType
+    from types import ModuleType, TracebackType
 
     import aiohttp
 
@@ -24,7 +25,11 @@ def _aiohttp() -> ModuleType:
 
 
 class AsyncClient(p.BaseClient):
-    """Talks to the sidecar from asyncio code; one aiohttp session, kept alive."""
+    """Talks to the sidecar from asyncio code; one aiohttp session, kept alive.
+
+    The session is made on first use, on the running loop, and never consults proxy
+    settings. A forked child makes its own.
+    """
 
     def __init__(
         self, url: str | None = None, *, token: str | None = None, strict: bool | None = None
@@ -32,21 +37,31 @@ class AsyncClient(p.BaseClient):
         super().__init__(url, token=token, strict=strict)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> AsyncClient:  # noqa: PYI034  (typing.Self is 3.11+; the client supports 3.9)
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await session.close()
+
+    def _after_fork(self) -> None:
+        # The parent's session and its sockets belong to the parent's event loop.
+        self._session = None
 
     async def _send(self, request: p.Request) -> tuple[int, bytes] | None:
         aiohttp = _aiohttp()
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # trust_env=False (aiohttp's default, stated): no HTTP_PROXY for localhost.
+            self._session = aiohttp.ClientSession(trust_env=False)
         try:
             async with self._session.request(
                 request.method,
@@ -54,10 +69,12 @@ class AsyncClient(p.BaseClient):
                 json=request.body,
                 headers=p.headers(self.settings),
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
+                allow_redirects=False,
             ) as response:
                 payload = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             self._unreachable.handle(exc)
             return None
         self._unreachable.reset()
@@ -78,6 +95,28 @@ class AsyncClient(p.BaseClient):
         answer = await self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
 
+    async def hold(
+        self,
+        *,
+        ttl: float | None = None,
+        lease_prefix: str = "job",
+        wait_seconds: float | None = None,
+        require_protection: bool = False,
+    ) -> AsyncHold:
+        """Take a new lease now; `await hold.release()` gives it back. See AsyncHold."""
+        return await AsyncHold.take(
+            self,
+            ttl=ttl,
+            lease_prefix=lease_prefix,
+            wait_seconds=wait_seconds,
+            require_protection=require_protection,
+        )
+
+    async def drain(self) -> int | None:
+        """POST /drain; the number of leases still held, None when unreachable."""
+        answer = await self._send(p.drain_request())
+        return None if answer is None else p.parse_drain(*answer)
+
     async def state(self) -> p.State | None:
         answer = await self._send(p.state_request())
         return None if answer is None else p.parse_state(*answer)
@@ -88,14 +127,17 @@ class AsyncClient(p.BaseClient):
 
     async def wait_for_drain(
         self,
-        timeout: float | None = None,  # noqa: ASYNC109  (the same signature as Client's)
+        timeout: float | None = None,
         poll_seconds: float = 1.0,
     ) -> bool:
         """Wait until the task is draining (True) or `timeout` passes (False)."""
+
+        async def poll() -> None:
+            while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)
+                await asyncio.sleep(poll_seconds)
+
         try:
-            async with asyncio.timeout(timeout):
-                while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)
-                    await asyncio.sleep(poll_seconds)
-        except TimeoutError:
+            await asyncio.wait_for(poll(), timeout)
+        except asyncio.TimeoutError:
             return False
         return True

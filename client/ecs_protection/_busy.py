@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
-import logging
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ecs_protection import _fork
 from ecs_protection._async import AsyncClient
-from ecs_protection._errors import ProtectionError, ProtectionUnavailableError
-from ecs_protection._protocol import Lease, new_lease_id
-from ecs_protection._shutdown import jobs
+from ecs_protection._hold import AsyncHold, Hold, check_options
 from ecs_protection._sync import Client
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncGenerator, Callable, Generator
+    from types import TracebackType
 
-log = logging.getLogger("ecs_protection")
+    from ecs_protection._protocol import Lease
 
-P = ParamSpec("P")
-R = TypeVar("R")
+F = TypeVar("F", bound="Callable[..., Any]")
 
 _default_client: Client | None = None
 _default_lock = threading.Lock()
@@ -38,31 +34,50 @@ def default_client() -> Client:
         return _default_client
 
 
-@dataclass
-class _Use:
-    owner: Busy
-    lease: str
-    stop: Callable[[], None] | None = None
-    astop: Callable[[], Awaitable[None]] | None = None
-    client: Client | None = None
-    async_client: AsyncClient | None = None
-    own_async_client: bool = False
+def _reset_default_client() -> None:
+    # The parent may have held the lock at the fork; its client is reset with the others.
+    global _default_client, _default_lock  # noqa: PLW0603
+    _default_lock = threading.Lock()
+    _default_client = None
 
 
-# The uses in progress in this thread or task, innermost last: one Busy object can be
-# entered concurrently by many threads and tasks, each with its own lease.
-_uses: contextvars.ContextVar[tuple[_Use, ...]] = contextvars.ContextVar("busy_uses", default=())
+_fork.on_fork(_reset_default_client)
+
+
+def hold(
+    *,
+    ttl: float | None = None,
+    lease_prefix: str = "job",
+    wait_seconds: float | None = None,
+    require_protection: bool = False,
+) -> Hold:
+    """Take a lease on the default client and hold it until `release()`; see Hold."""
+    return default_client().hold(
+        ttl=ttl,
+        lease_prefix=lease_prefix,
+        wait_seconds=wait_seconds,
+        require_protection=require_protection,
+    )
+
+
+# The `with` uses in progress in this thread or task, innermost last: one Busy object
+# can be entered concurrently by many threads and tasks, each with its own lease.
+_uses: contextvars.ContextVar[tuple[tuple[Busy, Hold | AsyncHold], ...]] = contextvars.ContextVar(
+    "busy_uses", default=()
+)
 
 
 class Busy:
     """Hold a lease on the sidecar (the task stays protected) while a block or function runs.
 
-    `with busy():`, `async with busy():`, `@busy()` on a def or an async def. The value
-    bound by `as` is the sidecar's answer (`Lease`: `.lease`, `.protected`, ...).
+    `with busy():`, `async with busy():`, `@busy()` on a def, an async def, a generator
+    or an async generator (the lease is held until the generator is exhausted or
+    closed). The value bound by `as` is the sidecar's answer (`Lease`: `.lease`,
+    `.protected`, ...).
 
-    Each use takes a new unique lease and releases it on exit, even when the body raises.
-    With `ttl`, the lease expires unless refreshed, and a heartbeat (a thread, or a task
-    in async code) refreshes it every ttl/3 seconds while the block runs.
+    Each use takes a new unique lease (a Hold) and releases it on exit, even when the
+    body raises. With `ttl`, the lease expires unless refreshed, and a heartbeat (a
+    thread, or a task in async code) refreshes it every ttl/3 seconds while it is held.
     """
 
     def __init__(  # noqa: PLR0913  (all keyword options)
@@ -75,8 +90,7 @@ class Busy:
         client: Client | None = None,
         async_client: AsyncClient | None = None,
     ) -> None:
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be positive")
+        check_options(ttl, wait_seconds)
         self.ttl = ttl
         self.lease_prefix = lease_prefix
         self.wait_seconds = wait_seconds
@@ -84,173 +98,139 @@ class Busy:
         self._client = client
         self._async_client = async_client
 
-    # ---- sync -----------------------------------------------------------------
+    def hold(self) -> Hold:
+        """A new lease with these options, on the sync client."""
+        return (self._client or default_client()).hold(
+            ttl=self.ttl,
+            lease_prefix=self.lease_prefix,
+            wait_seconds=self.wait_seconds,
+            require_protection=self.require_protection,
+        )
 
-    def __enter__(self) -> Lease:
-        client = self._client or default_client()
-        lease_id = new_lease_id(self.lease_prefix)
-        jobs.enter()  # counted from here, so a SIGTERM during the request waits for the job
-        try:
-            lease = client.acquire(
-                lease_id, self.ttl, self.wait_seconds, require_protection=self.require_protection
-            )
-        except ProtectionUnavailableError:
-            _quietly(client.release, lease_id)
-            jobs.exit()
-            raise
-        except BaseException:
-            jobs.exit()
-            raise
-        _log_unprotected(lease)
-        use = _Use(self, lease_id, client=client)
-        if self.ttl is not None:
-            use.stop = _thread_heartbeat(client, lease_id, self.ttl)
-        _uses.set((*_uses.get(), use))
-        return lease
-
-    def __exit__(self, *_exc: object) -> None:
-        use = self._pop()
-        try:
-            if use.stop is not None:
-                use.stop()
-            if use.client is not None:
-                _quietly(use.client.release, use.lease)
-        finally:
-            jobs.exit()
-
-    # ---- async ------------------------------------------------------------------
-
-    async def __aenter__(self) -> Lease:
+    async def ahold(self) -> AsyncHold:
+        """A new lease with these options, on the async client."""
         client, own = self._async_client, False
         if client is None:
             # A session per use: aiohttp sessions belong to one event loop, and a
-            # per-use session can be closed on exit instead of leaking at shutdown.
+            # per-use session can be closed on release instead of leaking at shutdown.
             client, own = AsyncClient(), True
-        lease_id = new_lease_id(self.lease_prefix)
-        jobs.enter()
+        return await AsyncHold.take(
+            client,
+            ttl=self.ttl,
+            lease_prefix=self.lease_prefix,
+            wait_seconds=self.wait_seconds,
+            require_protection=self.require_protection,
+            owns_client=own,
+        )
+
+    # ---- with / async with ------------------------------------------------------------
+
+    def __enter__(self) -> Lease:
+        held = self.hold()
         try:
-            lease = await client.acquire(
-                lease_id, self.ttl, self.wait_seconds, require_protection=self.require_protection
-            )
-        except BaseException as exc:
-            if isinstance(exc, ProtectionUnavailableError):
-                await _aquietly(client.release, lease_id)
-            if own:
-                await client.close()
-            jobs.exit()
+            _uses.set((*_uses.get(), (self, held)))
+        except BaseException:
+            held.release()
             raise
-        _log_unprotected(lease)
-        use = _Use(self, lease_id, async_client=client, own_async_client=own)
-        if self.ttl is not None:
-            use.astop = _task_heartbeat(client, lease_id, self.ttl)
-        _uses.set((*_uses.get(), use))
-        return lease
+        return held.lease
 
-    async def __aexit__(self, *_exc: object) -> None:
-        use = self._pop()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        held = self._pop()
+        assert isinstance(held, Hold)  # noqa: S101  (entered by __enter__)
+        held.release()
+
+    async def __aenter__(self) -> Lease:
+        held = await self.ahold()
         try:
-            if use.astop is not None:
-                await use.astop()
-            if use.async_client is not None:
-                await _aquietly(use.async_client.release, use.lease)
-                if use.own_async_client:
-                    await use.async_client.close()
-        finally:
-            jobs.exit()
+            _uses.set((*_uses.get(), (self, held)))
+        except BaseException:
+            await held.release()
+            raise
+        return held.lease
 
-    # ---- decorator --------------------------------------------------------------
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        held = self._pop()
+        assert isinstance(held, AsyncHold)  # noqa: S101  (entered by __aenter__)
+        await held.release()
 
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn):
+    def _pop(self) -> Hold | AsyncHold:
+        uses = _uses.get()
+        for index in range(len(uses) - 1, -1, -1):
+            if uses[index][0] is self:
+                _uses.set(uses[:index] + uses[index + 1 :])
+                return uses[index][1]
+        raise RuntimeError("busy() exited without being entered in this thread or task")
 
-            @functools.wraps(fn)
-            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                async with self:
-                    return await fn(*args, **kwargs)
+    # ---- decorator ----------------------------------------------------------------------
 
-            return cast("Callable[P, R]", run_async)
+    def __call__(self, fn: F) -> F:
+        # Each call holds its own lease directly (not through the `with` stack), so
+        # generators that interleave in one thread never release each other's lease.
+        if inspect.isasyncgenfunction(fn):
+            wrapper: Callable[..., Any] = self._async_generator(fn)
+        elif inspect.isgeneratorfunction(fn):
+            wrapper = self._generator(fn)
+        elif inspect.iscoroutinefunction(fn):
+            wrapper = self._coroutine(fn)
+        else:
+            wrapper = self._function(fn)
+        return cast("F", functools.wraps(fn)(wrapper))
 
-        @functools.wraps(fn)
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            with self:
+    def _function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            with self.hold():
                 return fn(*args, **kwargs)
 
         return run
 
-    def _pop(self) -> _Use:
-        uses = _uses.get()
-        for index in range(len(uses) - 1, -1, -1):
-            if uses[index].owner is self:
-                _uses.set(uses[:index] + uses[index + 1 :])
-                return uses[index]
-        raise RuntimeError("busy() exited without being entered in this thread or task")
+    def _coroutine(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            async with await self.ahold():
+                return await fn(*args, **kwargs)
+
+        return run
+
+    def _generator(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:  # noqa: ANN401
+            # The lease is taken at the first next() and held until the generator
+            # ends or is closed; `yield from` passes send() and throw() through.
+            with self.hold():
+                return (yield from fn(*args, **kwargs))
+
+        return run
+
+    def _async_generator(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:  # noqa: ANN401
+            async with await self.ahold():
+                inner = fn(*args, **kwargs)
+                try:
+                    value = await inner.__anext__()
+                    while True:
+                        try:
+                            sent = yield value
+                        except GeneratorExit:  # noqa: PERF203  (each step may be thrown into)
+                            raise
+                        except BaseException as exc:  # noqa: BLE001  (passed on to the generator)
+                            value = await inner.athrow(exc)
+                        else:
+                            value = await inner.asend(sent)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    await inner.aclose()
+
+        return run
 
 
 # `busy(...)` reads as what it does; it is the class itself, so that a use is one object.
 busy = Busy
-
-
-def _log_unprotected(lease: Lease) -> None:
-    if not lease.protected and lease.reason != "sidecar unreachable":
-        log.warning("job %s runs without confirmed task protection: %s", lease.lease, lease.reason)
-
-
-def _quietly(release: Callable[[str], object], lease: str) -> None:
-    # A failed release must not hide the job's own outcome; the lease's TTL (or the
-    # operator's POST /release) is the backstop.
-    try:
-        release(lease)
-    except ProtectionError as exc:
-        log.warning("could not release lease %s: %s", lease, exc)
-
-
-async def _aquietly(release: Callable[[str], Any], lease: str) -> None:
-    try:
-        await release(lease)
-    except ProtectionError as exc:
-        log.warning("could not release lease %s: %s", lease, exc)
-
-
-def _heartbeat_interval(ttl: float) -> float:
-    return ttl / 3
-
-
-def _thread_heartbeat(client: Client, lease: str, ttl: float) -> Callable[[], None]:
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(_heartbeat_interval(ttl)):
-            try:
-                client.acquire(lease, ttl, 0)
-            except ProtectionError as exc:
-                log.warning("heartbeat for lease %s failed: %s", lease, exc)
-
-    thread = threading.Thread(target=beat, name=f"ecs-protection-heartbeat-{lease}", daemon=True)
-    thread.start()
-
-    def halt() -> None:
-        stop.set()
-        if thread is not threading.current_thread():
-            thread.join(timeout=30)
-
-    return halt
-
-
-def _task_heartbeat(client: AsyncClient, lease: str, ttl: float) -> Callable[[], Awaitable[None]]:
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(_heartbeat_interval(ttl))
-            try:
-                await client.acquire(lease, ttl, 0)
-            except ProtectionError as exc:
-                log.warning("heartbeat for lease %s failed: %s", lease, exc)
-
-    task = asyncio.get_running_loop().create_task(beat(), name=f"heartbeat-{lease}")
-
-    async def halt() -> None:
-        # Wait for the cancellation, so no heartbeat can re-create the lease after /idle.
-        # asyncio.wait, unlike awaiting the task, does not swallow our own cancellation.
-        task.cancel()
-        await asyncio.wait([task])
-
-    return halt

@@ -8,6 +8,7 @@ ProtectionError
       |                         503 ProtectionUnavailable: not confirmed in time
       |                         (raised only with require_protection=True)
       +-- TooManyLeasesError    429: the sidecar's lease table is full
+      +-- InvalidAnswerError    the answer is not what the API promises (code InvalidAnswer)
 """
 
 from __future__ import annotations
@@ -41,3 +42,14 @@ class ProtectionUnavailableError(SidecarError):
 
 class TooManyLeasesError(SidecarError):
     """The sidecar holds TASK_PROTECTION_MAX_LEASES leases already."""
+
+
+class InvalidAnswerError(SidecarError):
+    """The answer is not the API's: not JSON, a missing or mistyped field, another lease.
+
+    Whether the request took effect is unknown, so a busy request that gets one is
+    followed by a release of its lease.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, "InvalidAnswer", message)

@@ -1,19 +1,24 @@
 """Everything that does no I/O: settings, request building, answer parsing, error mapping.
 
 The sync and async clients only send what this module builds and hand back what
-they receive; the behaviour is written once, here.
+they receive; the behaviour is written once, here. Parsing is strict: an answer
+that is not the API's (a proxy's page, a truncated body, another request's answer)
+raises InvalidAnswerError, never KeyError or TypeError.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ecs_protection import _fork
 from ecs_protection._errors import (
+    InvalidAnswerError,
     ProtectionUnavailableError,
     SidecarError,
     SidecarUnavailableError,
@@ -31,7 +36,7 @@ DEFAULT_URL = "http://127.0.0.1:31680"
 REQUEST_MARGIN_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     url: str = DEFAULT_URL
     token: str | None = None
@@ -59,12 +64,23 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
+    """Refuse NaN, infinities, negative (or, if `positive`, zero) durations up front."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "zero or positive"
+        raise ValueError(f"{name} must be a finite, {kind} number of seconds, not {value!r}")
+
+
 def new_lease_id(prefix: str = "job") -> str:
     """A lease id unique to one use of busy(): the prefix plus 16 random hex digits."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Request:
     method: str
     path: str
@@ -72,7 +88,7 @@ class Request:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Lease:
     """The sidecar's answer to a busy request."""
 
@@ -83,7 +99,7 @@ class Lease:
     reason: str | None = None  # why not protected, when not
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class State:
     """GET /state; `raw` holds the full document."""
 
@@ -110,28 +126,34 @@ def state_request() -> Request:
     return Request("GET", "/state", None, REQUEST_MARGIN_SECONDS)
 
 
+def drain_request() -> Request:
+    return Request("POST", "/drain", None, REQUEST_MARGIN_SECONDS)
+
+
 def headers(settings: Settings) -> dict[str, str]:
     if settings.token:
         return {"Authorization": f"Bearer {settings.token}"}
     return {}
 
 
-def parse_busy(status: int, payload: bytes, *, require_protection: bool) -> Lease:
+def parse_busy(status: int, payload: bytes, *, lease: str, require_protection: bool) -> Lease:
+    """The answer to POST /busy for `lease`; an answer about another lease is invalid."""
     doc = _document(status, payload)
     if status == 200:
+        if doc.get("lease") != lease or doc.get("protected") is not True:
+            raise InvalidAnswerError(status, f"not a protected answer for {lease}: {_cut(doc)}")
         return Lease(
-            doc["lease"],
+            lease,
             protected=True,
-            expires_at=doc.get("expires_at"),
-            leases=int(doc.get("leases", 0)),
+            expires_at=_optional_str(status, doc, "expires_at"),
+            leases=_count(status, doc, "leases"),
         )
     error = _error(status, doc)
     if error.code == "ProtectionUnavailable" and not require_protection:
+        if doc.get("lease", lease) != lease:
+            raise InvalidAnswerError(status, f"an answer about another lease: {_cut(doc)}")
         return Lease(
-            str(doc.get("lease", "")),
-            protected=False,
-            leases=int(doc.get("leases", 0)),
-            reason=error.message,
+            lease, protected=False, leases=_count(status, doc, "leases"), reason=error.message
         )
     raise error
 
@@ -142,25 +164,48 @@ def lease_answer(
     """The outcome of a busy request; None (unreachable, not strict) runs unprotected."""
     if answer is None:
         return Lease(lease, protected=False, reason="sidecar unreachable")
-    return parse_busy(*answer, require_protection=require_protection)
+    return parse_busy(*answer, lease=lease, require_protection=require_protection)
 
 
 def parse_idle(status: int, payload: bytes) -> bool:
     doc = _document(status, payload)
     if status != 200:
         raise _error(status, doc)
-    return bool(doc.get("released"))
+    released = doc.get("released")
+    if not isinstance(released, bool):
+        raise InvalidAnswerError(status, f"'released' is not a boolean: {_cut(doc)}")
+    return released
+
+
+def parse_drain(status: int, payload: bytes) -> int:
+    """The answer to POST /drain: the number of leases still held."""
+    doc = _document(status, payload)
+    if status != 200:
+        raise _error(status, doc)
+    if doc.get("draining") is not True:
+        raise InvalidAnswerError(status, f"not a draining answer: {_cut(doc)}")
+    return _count(status, doc, "leases")
 
 
 def parse_state(status: int, payload: bytes) -> State:
     doc = _document(status, payload)
     if status != 200:
         raise _error(status, doc)
+    leases, protection = doc.get("leases"), doc.get("protection")
+    busy, draining = doc.get("busy"), doc.get("draining")
+    if not (
+        isinstance(leases, list)
+        and isinstance(protection, dict)
+        and isinstance(protection.get("enabled"), bool)
+        and isinstance(busy, bool)
+        and isinstance(draining, bool)
+    ):
+        raise InvalidAnswerError(status, f"not a state document: {_cut(doc)}")
     return State(
-        busy=bool(doc.get("busy")),
-        draining=bool(doc.get("draining")),
-        leases=len(doc.get("leases") or []),
-        protected=bool((doc.get("protection") or {}).get("enabled")),
+        busy=busy,
+        draining=draining,
+        leases=len(leases),
+        protected=protection["enabled"],
         raw=doc,
     )
 
@@ -175,20 +220,52 @@ _ERRORS: dict[str, type[SidecarError]] = {
 def _document(status: int, payload: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         doc = None
     if not isinstance(doc, dict):
         text = payload[:200].decode("utf-8", "replace")
-        raise SidecarError(status, "InvalidAnswer", f"not a JSON object: {text!r}")
+        raise InvalidAnswerError(status, f"not a JSON object: {text!r}")
     return doc
+
+
+def _cut(doc: dict[str, Any]) -> str:
+    return repr(doc)[:200]
+
+
+def _count(status: int, doc: dict[str, Any], name: str) -> int:
+    value = doc.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidAnswerError(status, f"{name!r} is not a count: {_cut(doc)}")
+    return value
+
+
+def _optional_str(status: int, doc: dict[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidAnswerError(status, f"{name!r} is not a string: {_cut(doc)}")
+    return value
 
 
 def _error(status: int, doc: dict[str, Any]) -> SidecarError:
     raw = doc.get("error")
     error: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    code = str(error.get("code") or f"HTTP{status}")
-    message = str(error.get("message") or "")
+    code = str(error.get("code") or f"HTTP{status}")[:100]
+    message = str(error.get("message") or "")[:500]
+    if code == "InvalidAnswer":  # only this client says that; keep the class consistent
+        return InvalidAnswerError(status, message)
     return _ERRORS.get(code, SidecarError)(status, code, message)
+
+
+def may_hold_lease(exc: BaseException) -> bool:
+    """Whether a busy request that ended with `exc` may have left a lease on the sidecar.
+
+    Only a clear error answer (Draining, TooManyLeases, 400, 401, ...) proves the lease
+    was not created; after anything else (no answer, an interruption, a cancellation,
+    an answer that is not the API's, ProtectionUnavailable) it may exist.
+    """
+    if isinstance(exc, (InvalidAnswerError, ProtectionUnavailableError)):
+        return True
+    return not isinstance(exc, SidecarError)
 
 
 class BaseClient:
@@ -199,10 +276,14 @@ class BaseClient:
     ) -> None:
         self.settings = Settings.from_environ(url=url, token=token, strict=strict)
         self._unreachable = Unreachable(self.settings)
+        _fork.track(self)
 
     def _busy_request(self, lease: str, ttl: float | None, wait_seconds: float | None) -> Request:
         wait = self.settings.wait_seconds if wait_seconds is None else wait_seconds
         return busy_request(lease, ttl, wait)
+
+    def _after_fork(self) -> None:
+        """Called in a forked child: drop whatever is shared with the parent."""
 
 
 class Unreachable:

@@ -1,75 +1,151 @@
-"""The classic in-process SIGTERM pattern, done once: idle exits now, busy exits after the job.
+"""The classic in-process SIGTERM pattern, done once: idle exits now, busy lets the job end.
 
     shutdown = GracefulShutdown().install()
     while not shutdown.requested:
+        message = receive()
         with busy():
-            work()
+            handle(message)
+        delete(message)      # the ack: runs for the job that was in progress
 
-SIGTERM while no busy() block runs raises SystemExit at once. SIGTERM while blocks
-run (in any thread or task) sets `requested`; when the last block ends, SystemExit
-is raised in the main thread. Jobs are counted by busy() itself.
+The rule (also in the README):
+
+- SIGTERM while no busy() block runs, and none ended within `grace_seconds`, raises
+  SystemExit at once: there is no job to lose.
+- Otherwise the signal only sets `requested`. Nothing is raised from inside a block
+  or from its exit: the job ends normally and the code after the block (the ack)
+  runs. The process stops at the next safe point:
+    * the loop's own `while not shutdown.requested` check ends the loop;
+    * the next busy() or hold() raises SystemExit(exit_code) before any lease is
+      taken (in the main thread that ends the process; in another thread it ends
+      that thread, and the job is not started);
+    * fallback, for a main thread that never reaches either (a thread-pool server
+      blocked in serve_forever(), a loop that never checks): `grace_seconds` after
+      the last block ended, the signal is delivered again to the main thread, where
+      it raises SystemExit. `grace_seconds=None` turns the fallback off.
+
+The signal handler takes no lock and starts no thread (it may interrupt code holding
+either): it sets flags and writes one byte to a pipe that a watcher thread, started
+by install(), waits on.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
+import os
+import select
 import signal
 import threading
-from typing import TYPE_CHECKING, Self
+import time
+from typing import TYPE_CHECKING
+
+from ecs_protection import _fork
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import FrameType
 
 log = logging.getLogger("ecs_protection")
 
+DEFAULT_GRACE_SECONDS = 5.0
+
 
 class _JobCounter:
-    """Counts running busy() blocks in every thread and task of the process."""
+    """Counts running holds (busy() blocks and Hold objects) in every thread and task."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.active = 0
+        self.last_ended: float | None = None  # GracefulShutdown's clock
         self.shutdown: GracefulShutdown | None = None
 
     def enter(self) -> None:
         with self._lock:
             self.active += 1
+        shutdown = self.shutdown
+        if shutdown is not None:
+            shutdown.ensure_watcher()
 
     def exit(self) -> None:
+        shutdown = self.shutdown
         with self._lock:
+            # The end time is written before the count drops: a signal handler that
+            # sees no job running also sees when the last one ended.
+            if self.active == 1 and shutdown is not None:
+                self.last_ended = shutdown.clock()
             self.active -= 1
             last = self.active == 0
-        shutdown = self.shutdown
-        if last and shutdown is not None and shutdown.requested:
+        if last and shutdown is not None:
             shutdown.last_job_ended()
+
+    def after_fork(self) -> None:
+        # The parent's jobs run in the parent's threads, which the child does not have.
+        self._lock = threading.Lock()
+        self.active = 0
+        self.last_ended = None
+        if self.shutdown is not None:
+            self.shutdown.after_fork()
 
 
 jobs = _JobCounter()
+_fork.on_fork(jobs.after_fork)
+
+
+def refuse_new_job() -> None:
+    """Raise SystemExit instead of starting a job once a stop signal was handled."""
+    shutdown = jobs.shutdown
+    if shutdown is not None and shutdown.requested:
+        log.info("not starting a new job: stopping after %s", shutdown.signal_name)
+        raise SystemExit(shutdown.exit_code)
 
 
 class GracefulShutdown:
-    """Exit on SIGTERM, but never in the middle of a busy() block."""
+    """Exit on SIGTERM, but never in the middle of a busy() block or before its ack.
+
+    `grace_seconds` bounds how long the process may go on after the last job ended
+    before the signal is delivered again to the main thread (None: never).
+    """
 
     def __init__(
-        self, signals: Iterable[signal.Signals] = (signal.SIGTERM,), exit_code: int = 0
+        self,
+        signals: Iterable[signal.Signals] = (signal.SIGTERM,),
+        exit_code: int = 0,
+        grace_seconds: float | None = DEFAULT_GRACE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if grace_seconds is not None and not grace_seconds >= 0:
+            raise ValueError(f"grace_seconds must be >= 0 or None, not {grace_seconds!r}")
         self.signals = tuple(signals)
         self.exit_code = exit_code
-        self._requested = threading.Event()
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self._requested = False
+        self._forced = False
         self._signum = self.signals[0] if self.signals else signal.SIGTERM
+        self.deadline: float | None = None  # when the fallback re-delivers the signal
+        self._wake: tuple[int, int] | None = None  # the watcher's pipe (read, write)
+        self._watcher_pid: int | None = None
+        self._watcher_lock = threading.Lock()
+        self._installed = False
 
     @property
     def requested(self) -> bool:
         """True once a stop signal arrived: finish the current job, start no new one."""
-        return self._requested.is_set()
+        return self._requested
 
-    def install(self) -> Self:
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self._signum).name
+
+    def install(self) -> GracefulShutdown:
         """Handle the signals (call from the main thread, before work starts)."""
+        jobs.shutdown = self
+        self._installed = True
+        self.ensure_watcher()
         for signum in self.signals:
             signal.signal(signum, self._handle)
-        jobs.shutdown = self
         return self
 
     def uninstall(self) -> None:
@@ -77,31 +153,119 @@ class GracefulShutdown:
             signal.signal(signum, signal.SIG_DFL)
         if jobs.shutdown is self:
             jobs.shutdown = None
+        self._installed = False
+        self._close_pipe()
+
+    # ---- in the signal handler: flags and os.write only ------------------------------
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        first = not self.requested
-        self._requested.set()
         self._signum = signal.Signals(signum)
-        if jobs.active == 0:
-            log.info("%s while idle: exiting", signal.Signals(signum).name)
+        first = not self._requested
+        self._requested = True
+        if self._forced or self._idle():
+            log.info("%s while idle: exiting", self.signal_name)
             raise SystemExit(self.exit_code)
-        if first:
-            log.info(
-                "%s while %d job(s) run: exiting when they end",
-                signal.Signals(signum).name,
-                jobs.active,
-            )
+        if not first:
+            return
+        if jobs.active:
+            log.info("%s while %d job(s) run: stopping after them", self.signal_name, jobs.active)
+        else:
+            # A job ended moments ago: the code after its block (the ack) may still run.
+            log.info("%s just after a job: stopping at the next safe point", self.signal_name)
+            self._arm(jobs.last_ended)
+
+    def _idle(self) -> bool:
+        if jobs.active:
+            return False
+        ended = jobs.last_ended
+        grace = self.grace_seconds or 0.0
+        return ended is None or self.clock() - ended >= grace
+
+    def _arm(self, ended: float | None) -> None:
+        if self.grace_seconds is None or ended is None:
+            return
+        self.deadline = ended + self.grace_seconds
+        if self._wake is not None:
+            with contextlib.suppress(OSError):  # full: the watcher is awake anyway
+                os.write(self._wake[1], b"\0")
+
+    # ---- from job code ---------------------------------------------------------------
 
     def last_job_ended(self) -> None:
-        """Called by the job counter when the last job ends after a stop signal."""
-        if threading.current_thread() is threading.main_thread():
-            log.info("last job ended after %s: exiting", self._signum.name)
-            raise SystemExit(self.exit_code)
-        # Only the main thread can end the process cleanly: re-deliver the signal there,
-        # where _handle now finds no job running. A real signal (not interrupt_main,
-        # which only sets a flag) also wakes a main thread blocked in a wait.
-        main = threading.main_thread().ident
-        if hasattr(signal, "pthread_kill") and main is not None:
-            signal.pthread_kill(main, self._signum)
+        """Called by the job counter when the last job ends: never raises (see the rule)."""
+        if self._requested:
+            log.info("last job ended after %s: stopping at the next safe point", self.signal_name)
+            self._arm(jobs.last_ended)
+
+    def ensure_watcher(self) -> None:
+        """Start the fallback's watcher thread in this process, unless it runs already."""
+        if not self._installed or self._watcher_pid == os.getpid():
+            return
+        if not hasattr(signal, "pthread_kill"):  # pragma: no cover - not POSIX
+            return
+        with self._watcher_lock:
+            if self._watcher_pid == os.getpid():
+                return
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._wake = (read, write)
+            threading.Thread(
+                target=self._watch, args=(read,), name="ecs-protection-shutdown", daemon=True
+            ).start()
+            self._watcher_pid = os.getpid()
+
+    def after_fork(self) -> None:
+        # The watcher thread is the parent's; the child's next job starts its own.
+        self._watcher_lock = threading.Lock()
+        self._close_pipe(watcher_alive=False)
+        self.deadline = None
+
+    def _close_pipe(self, *, watcher_alive: bool = True) -> None:
+        wake, self._wake = self._wake, None
+        self._watcher_pid = None
+        if wake is None:
+            return
+        # Closing the write end wakes the watcher with EOF; it closes the read end.
+        for fd in wake[1:] if watcher_alive else wake:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _watch(self, read: int) -> None:
+        try:
+            self._wait_for_deadline(read)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(read)
+
+    def _wait_for_deadline(self, read: int) -> None:
+        while True:
+            deadline = self.deadline
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            try:
+                ready, _, _ = select.select([read], [], [], timeout)
+                if ready and not os.read(read, 512):
+                    return
+            except OSError:
+                return
+            if ready or self.deadline is None or self.clock() < self.deadline:
+                continue
+            self._redeliver()
+            return
+
+    def _redeliver(self) -> None:
+        """The fallback: the main thread never reached a safe point within the grace."""
+        self._forced = True
+        log.warning(
+            "%s: the main thread did not stop within %ss of the last job: stopping it now",
+            self.signal_name,
+            self.grace_seconds,
+        )
+        main = threading.main_thread()
+        if not main.is_alive() or main.ident is None:
+            return
+        # A real signal (not interrupt_main, which only sets a flag) also wakes a main
+        # thread blocked in a system call; its handler now raises SystemExit.
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(main.ident, self._signum)
         else:  # pragma: no cover - not POSIX
-            _thread.interrupt_main(self._signum)
+            _thread.interrupt_main()

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import time
-from typing import Self
+from typing import TYPE_CHECKING
 
 import requests
 
 from ecs_protection import _protocol as p
+from ecs_protection._hold import Hold
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # The sidecar is on localhost (or a link in the task): never ask a proxy. With
+    # trust_env, HTTP_PROXY/ALL_PROXY would send 127.0.0.1 to the proxy, as the usual
+    # NO_PROXY lists only the ECS link-local addresses.
+    session.trust_env = False
+    return session
 
 
 class Client(p.BaseClient):
-    """Talks to the sidecar; thread-safe for the requests it makes."""
+    """Talks to the sidecar; thread-safe for the requests it makes, and fork-safe.
+
+    A forked child gets a new session on its first request (the parent's keep-alive
+    connection stays the parent's). A `session` passed in is used with `trust_env`
+    turned off, so that no proxy is ever asked; after a fork the child uses a new
+    default session instead.
+    """
 
     def __init__(
         self,
@@ -22,16 +41,28 @@ class Client(p.BaseClient):
         session: requests.Session | None = None,
     ) -> None:
         super().__init__(url, token=token, strict=strict)
-        self._session = session or requests.Session()
+        if session is not None:
+            session.trust_env = False
+        self._session = session if session is not None else _session()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Client:  # noqa: PYI034  (typing.Self is 3.11+; the client supports 3.9)
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
         self._session.close()
+
+    def _after_fork(self) -> None:
+        # Not closed: another thread of the parent may have held the pool's lock at
+        # the fork. Dropping it closes only this process's copies of the sockets.
+        self._session = _session()
 
     def _send(self, request: p.Request) -> tuple[int, bytes] | None:
         try:
@@ -41,6 +72,7 @@ class Client(p.BaseClient):
                 json=request.body,
                 headers=p.headers(self.settings),
                 timeout=request.timeout,
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             self._unreachable.handle(exc)
@@ -56,7 +88,7 @@ class Client(p.BaseClient):
         *,
         require_protection: bool = False,
     ) -> p.Lease:
-        """POST /busy: take or refresh `lease`; see busy() for the usual way."""
+        """POST /busy: take or refresh `lease`; see hold() and busy() for the usual ways."""
         answer = self._send(self._busy_request(lease, ttl, wait_seconds))
         return p.lease_answer(lease, answer, require_protection=require_protection)
 
@@ -64,6 +96,36 @@ class Client(p.BaseClient):
         """POST /idle; False when the lease was unknown or the sidecar unreachable."""
         answer = self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
+
+    def hold(
+        self,
+        *,
+        ttl: float | None = None,
+        lease_prefix: str = "job",
+        wait_seconds: float | None = None,
+        require_protection: bool = False,
+    ) -> Hold:
+        """Take a new lease now and hold it until `release()` (or the end of a `with`).
+
+        For code that cannot wrap the job in one block, such as a framework's
+        before-task and after-task signals. See Hold.
+        """
+        return Hold(
+            self,
+            ttl=ttl,
+            lease_prefix=lease_prefix,
+            wait_seconds=wait_seconds,
+            require_protection=require_protection,
+        )
+
+    def drain(self) -> int | None:
+        """POST /drain: the sidecar refuses new leases from now on (the task is stopping).
+
+        Returns the number of leases still held, or None when the sidecar is
+        unreachable (and not strict).
+        """
+        answer = self._send(p.drain_request())
+        return None if answer is None else p.parse_drain(*answer)
 
     def state(self) -> p.State | None:
         """GET /state, or None when the sidecar is unreachable (and not strict)."""
