@@ -1,0 +1,33 @@
+"""The sync client in a prefork pool, against a real sidecar process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.client_support import RealSidecar
+
+SCRIPT = Path(__file__).parent / "scripts" / "fork_jobs.py"
+
+
+def test_children_forked_after_the_parent_used_the_client_share_nothing():
+    """4 children x 2 threads after the parent used both clients: no error, no leak."""
+    with RealSidecar() as sidecar:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "4", "25"],
+            env={**os.environ, "TASK_PROTECTION_URL": sidecar.url, "TASK_PROTECTION_STRICT": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["codes"] == [0, 0, 0, 0], result.stderr
+        # The children's releases of the parent's hold did nothing; its own did.
+        assert outcome["held_after_children"] == 1
+        state = sidecar.state()
+        assert state["leases"] == []
