@@ -1,0 +1,236 @@
+"""The `ecs-protection` command's errors and settings: one clear line, a documented code.
+
+Against the stdlib fake sidecar, so that it runs on every Python the client supports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.client_support import NOWHERE, FakeSidecar
+
+CLI = [sys.executable, "-m", "ecs_protection"]
+
+TERM_REPORTER = (
+    "import signal, sys;"
+    "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)));"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()"
+)
+
+
+@pytest.fixture
+def fake():
+    with FakeSidecar() as sidecar:
+        yield sidecar
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
+    return {**env, "TASK_PROTECTION_URL": url, **extra}
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def read_line(stream, timeout: float = 30) -> str:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, "no line in time"
+    return got[0].strip()
+
+
+# ---- errors from the sidecar ---------------------------------------------------------------
+
+
+def test_a_refused_token_is_one_line_and_exit_77(fake, tmp_path):
+    fake.token = "right-token-1234"
+    marker = tmp_path / "ran"
+    result = cli(
+        ["busy", "--", "touch", str(marker)],
+        env_for(fake.url, TASK_PROTECTION_TOKEN="wrong-token-1234"),
+    )
+    assert result.returncode == 77
+    assert "401" in one_line(result.stderr)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", [["state"], ["busy", "--", "true"]])
+def test_a_server_error_is_one_line_and_exit_76(fake, command):
+    path = "/state" if command == ["state"] else "/busy"
+    fake.script(path, (500, b'{"error": {"code": "InternalError", "message": "boom"}}'))
+    result = cli(command, env_for(fake.url))
+    assert result.returncode == 76
+    assert "500 InternalError" in one_line(result.stderr)
+
+
+def test_an_answer_that_is_not_the_api_is_exit_76(fake):
+    fake.script("/state", (200, b"<html>a proxy page</html>"))
+    result = cli(["state"], env_for(fake.url))
+    assert result.returncode == 76
+    assert "InvalidAnswer" in one_line(result.stderr)
+
+
+def test_a_full_lease_table_is_exit_69(fake):
+    fake.busy_error = (429, "TooManyLeases")
+    result = cli(["busy", "--", "true"], env_for(fake.url))
+    assert result.returncode == 69
+    assert "TooManyLeases" in one_line(result.stderr)
+
+
+def test_draining_is_exit_75_and_the_command_does_not_run(fake, tmp_path):
+    fake.draining = True
+    marker = tmp_path / "ran"
+    result = cli(["busy", "--", "touch", str(marker)], env_for(fake.url))
+    assert result.returncode == 75
+    assert "stopping" in one_line(result.stderr)
+    assert not marker.exists()
+
+
+def test_state_unreachable_is_exit_69():
+    result = cli(["state"], env_for(NOWHERE))
+    assert result.returncode == 69
+    assert "unreachable" in one_line(result.stderr)
+
+
+# ---- bad flags and environment values ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["busy", "--ttl", "nan", "--", "true"],
+        ["busy", "--ttl", "-1", "--", "true"],
+        ["busy", "--ttl", "inf", "--", "true"],
+        ["busy", "--wait-seconds", "soon", "--", "true"],
+        ["run", "--hold-timeout", "nan", "--", "true"],
+        ["run", "--hold-timeout", "-5", "--", "true"],
+        ["run", "--poll-seconds", "0", "--", "true"],
+        ["busy"],
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(fake, args):
+    result = cli(args, env_for(fake.url))
+    assert result.returncode == 2
+    assert "error" in one_line(result.stderr)
+    assert fake.seen == []
+
+
+@pytest.mark.parametrize("value", ["nan", "2m", "-1", "inf"])
+def test_a_bad_hold_timeout_variable_is_one_line_and_exit_2(fake, value):
+    result = cli(
+        ["run", "--", "true"], env_for(fake.url, TASK_PROTECTION_HOLD_TIMEOUT_SECONDS=value)
+    )
+    assert result.returncode == 2
+    assert "TASK_PROTECTION_HOLD_TIMEOUT_SECONDS" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize("command", [["state"], ["busy", "--", "true"], ["run", "--", "true"]])
+def test_the_sidecars_drain_timeout_variable_is_not_read(fake, command):
+    """A sidecar setting in the app container's environment changes nothing here."""
+    result = cli(command, env_for(fake.url, TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS="2m"))
+    assert result.returncode == 0, result.stderr
+
+
+# ---- the hold timeout ------------------------------------------------------------------------
+
+
+def start_run(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "run", *args, "--", sys.executable, "-c", TERM_REPORTER],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_stderr(proc: subprocess.Popen[str], needle: str) -> str:
+    while True:
+        line = read_line(proc.stderr)
+        if needle in line:
+            return line
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def test_the_hold_timeout_defaults_to_25_seconds_not_the_sidecars_drain_timeout(fake):
+    fake.leases.add("job")
+    proc = start_run(
+        ["--poll-seconds", "0.05"],
+        env_for(fake.url, TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS="0.1"),
+    )
+    try:
+        assert read_line(proc.stdout) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert "(at most 25s)" in wait_for_stderr(proc, "held back")
+        fake.leases.clear()
+        assert read_line(proc.stdout) == "TERM"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
+
+
+def test_the_hold_timeout_variable_bounds_the_hold(fake):
+    fake.leases.add("stuck")
+    proc = start_run(
+        ["--poll-seconds", "0.05"], env_for(fake.url, TASK_PROTECTION_HOLD_TIMEOUT_SECONDS="0.3")
+    )
+    try:
+        assert read_line(proc.stdout) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert "(at most 0.3s)" in wait_for_stderr(proc, "held back")
+        assert read_line(proc.stdout) == "TERM"  # forwarded although the lease is held
+        assert proc.wait(timeout=30) == 0
+        assert fake.leases == {"stuck"}
+    finally:
+        stop(proc)
+
+
+def test_run_tells_the_sidecar_to_drain_on_sigterm(fake):
+    fake.token = "right-token-1234"
+    proc = start_run([], env_for(fake.url, TASK_PROTECTION_TOKEN="right-token-1234"))
+    try:
+        assert read_line(proc.stdout) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert read_line(proc.stdout) == "TERM"
+        assert proc.wait(timeout=30) == 0
+        assert fake.draining
+        assert [s.authorization for s in fake.seen if s.path == "/drain"] == [
+            "Bearer right-token-1234"
+        ]
+    finally:
+        stop(proc)
+
+
+def test_run_forwards_sigterm_when_the_sidecar_is_unreachable():
+    proc = start_run([], env_for(NOWHERE))
+    try:
+        assert read_line(proc.stdout) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert read_line(proc.stdout) == "TERM"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
