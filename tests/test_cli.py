@@ -1,4 +1,8 @@
-"""The `ecs-protection` command on real processes: busy, run (PID-1 wrapper), state."""
+"""The `ecs-protection` command on real processes: busy, run (PID-1 wrapper), state.
+
+Also: the wrapper under storms of signals and orphans (it takes signals without any
+handler code), and a shell job loop that ends cleanly on SIGTERM through POST /drain.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 from tests.processes import SidecarProcess
 
 CLI = [sys.executable, "-m", "ecs_protection"]
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 @pytest.fixture
@@ -260,3 +265,172 @@ def test_run_reaps_orphaned_grandchildren(sidecar):
     proc.stdin.write("done\n")
     proc.stdin.flush()
     assert proc.wait(timeout=30) == 0
+
+
+# The child forks an intermediate process that forks N grandchildren and exits: they
+# are re-parented to the wrapper (a child subreaper), and exit together when the
+# intermediate's pipe closes, a SIGCHLD each. The child then waits until the wrapper
+# has reaped them all (it has no other child, alive or zombie), says so, and waits
+# for TERM.
+ORPHAN_STORM = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *a: None)
+signal.signal(signal.SIGWINCH, lambda *a: None)
+signal.signal(signal.SIGTERM, lambda *a: (print("TERM", flush=True), os._exit(0)))
+print("ready", flush=True)
+sys.stdin.readline()
+wrapper = os.getppid()
+read, write = os.pipe()
+middle = os.fork()
+if middle == 0:
+    for _ in range(int(sys.argv[1])):
+        if os.fork() == 0:
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    os._exit(0)
+os.close(read)
+os.close(write)
+os.waitpid(middle, 0)
+
+def left():
+    # processes the wrapper has not reaped yet: alive or zombie, other than us
+    found = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == wrapper:
+                found += 1
+    return found
+
+deadline = time.monotonic() + 60
+while left() and time.monotonic() < deadline:
+    time.sleep(0.02)
+count = left()
+print("reaped" if not count else f"not reaped: {count}", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def signal_storm(pid: int, stop: threading.Event) -> threading.Thread:
+    def storm() -> None:
+        signals = (signal.SIGUSR1, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT)
+        sent = 0
+        while not stop.is_set() and sent < 20_000:
+            try:
+                os.kill(pid, signals[sent % len(signals)])
+            except ProcessLookupError:
+                return
+            sent += 1
+
+    thread = threading.Thread(target=storm, daemon=True)
+    thread.start()
+    return thread
+
+
+def orphan_storm_under_signal_storm(command: list[str], orphans: int) -> None:
+    proc = subprocess.Popen(
+        [*command, "--", sys.executable, "-c", ORPHAN_STORM, str(orphans)],
+        env={**os.environ, "TASK_PROTECTION_URL": "http://127.0.0.1:9"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stop = threading.Event()
+    try:
+        assert read_line(proc.stdout) == "ready"
+        storm = signal_storm(proc.pid, stop)
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert read_line(proc.stdout, timeout=90) == "reaped"
+        stop.set()
+        storm.join(30)
+        proc.send_signal(signal.SIGTERM)  # still responsive: forwarded at once (idle)
+        assert read_line(proc.stdout) == "TERM"
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_run_survives_thousands_of_orphans_and_a_signal_storm(attempt):
+    """Each orphan's exit is a SIGCHLD, on top of 20,000 other signals; repeated."""
+    orphan_storm_under_signal_storm([*CLI, "run"], 2000)
+
+
+def test_run_with_the_portable_signal_fallback_survives_the_same_storm():
+    """The set_wakeup_fd() path (for platforms without sigtimedwait), forced here."""
+    orphan_storm_under_signal_storm(
+        [sys.executable, str(SCRIPTS / "run_wakeup_fd.py"), "run"], 2000
+    )
+
+
+def test_busy_forwards_signals_under_a_storm(sidecar):
+    child = (
+        "import signal, sys;"
+        "signal.signal(signal.SIGUSR1, lambda *a: None);"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42));"
+        "print('ready', flush=True)\n"
+        "while True: signal.pause()"
+    )
+    proc = start(["busy", "--", sys.executable, "-c", child], cli_env(sidecar))
+    stop = threading.Event()
+    try:
+        assert read_line(proc.stdout) == "ready"
+        signal_storm(proc.pid, stop).join(60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 42
+        assert sidecar.get("/state").json()["leases"] == []
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+# A job loop under `run`: each job is `ecs-protection busy`; exit 75 ends the loop. The
+# trap only reports SIGTERM (a shell runs it after the current command).
+JOB_LOOP = """
+trap 'echo "loop got TERM"' TERM
+while :; do
+    "$PY" -m ecs_protection busy -- sh -c 'echo "job started"; sleep 1; echo "job done"'
+    code=$?
+    echo "busy exited $code"
+    if [ "$code" -eq 75 ]; then exit 0; fi
+done
+"""
+
+
+def test_run_drains_the_sidecar_so_a_busy_loop_ends_without_cutting_a_job(sidecar):
+    proc = start(
+        ["run", "--poll-seconds", "0.05", "--", "sh", "-c", JOB_LOOP],
+        {**cli_env(sidecar), "PY": sys.executable},
+    )
+    try:
+        assert read_line(proc.stdout) == "job started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None
+        lines = ["job started", *proc.stdout.read().split("\n")]
+        assert lines.count("job started") == 1  # no job started after SIGTERM
+        assert "job done" in lines  # and the one running was not cut
+        assert lines.index("busy exited 0") < lines.index("busy exited 75")
+        state = sidecar.get("/state").json()
+        assert state["draining"] is True
+        assert state["leases"] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
