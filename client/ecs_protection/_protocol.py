@@ -236,7 +236,7 @@ def _count(status: int, doc: dict[str, Any], name: str) -> int:
     value = doc.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidAnswerError(status, f"{name!r} is not a count: {_cut(doc)}")
-    return value
+    return int(value)
 
 
 def _optional_str(status: int, doc: dict[str, Any], name: str) -> str | None:
