@@ -1,6 +1,6 @@
 # An app image whose worker cannot handle SIGTERM itself (a shell script here):
-# `ecs-protection run` is PID 1, reaps zombies, forwards signals, and holds SIGTERM
-# back while the sidecar reports a lease held.
+# `ecs-protection run` is PID 1, reaps zombies, forwards signals; on SIGTERM it makes
+# the sidecar drain and holds SIGTERM back while a lease is held (--hold-timeout).
 FROM python:3.12.8-slim-bookworm
 RUN pip install --no-cache-dir "ecs-protection==0.1.0"
 COPY worker.sh /app/worker.sh

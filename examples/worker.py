@@ -3,16 +3,21 @@ import time
 
 from ecs_protection import GracefulShutdown, busy
 
-shutdown = GracefulShutdown().install()  # SIGTERM: exit now if idle, after the job if busy
+shutdown = GracefulShutdown().install()  # SIGTERM: idle exits now; a job and its ack finish
 
 
-def receive_job() -> float:  # stand-in for your queue, e.g. SQS receive_message
+def receive() -> float:  # stand-in for your queue, e.g. SQS receive_message
     return random.uniform(1, 3)
 
 
+def delete(job: float) -> None:  # stand-in for the ack, e.g. SQS delete_message
+    print(f"acked {job:.1f}", flush=True)
+
+
 while not shutdown.requested:
-    seconds = receive_job()
+    job = receive()
     with busy(ttl=60):  # protected from scale-in while the job runs
-        print(f"working for {seconds:.1f}s", flush=True)
-        time.sleep(seconds)
+        print(f"working for {job:.1f}s", flush=True)
+        time.sleep(job)
         print("done", flush=True)
+    delete(job)  # runs even when SIGTERM came during the job: no message is handled twice

@@ -1,7 +1,12 @@
 #!/bin/sh
-# Each job holds a lease for as long as it runs; SIGTERM reaches this script only once
-# the sidecar is idle (see Dockerfile.app).
-set -eu
-while true; do
-    ecs-protection busy -- sh -c 'echo "job started"; sleep 20; echo "job done"'
+# A job loop for `ecs-protection run` (see Dockerfile.app). Each job holds a lease while
+# it runs. On SIGTERM the wrapper makes the sidecar drain: the next `ecs-protection busy`
+# exits 75 instead of starting a job, which ends the loop. SIGTERM itself reaches this
+# script only once no lease is held, and the trap lets the command in progress finish.
+set -u
+trap 'exit 0' TERM
+while :; do
+    status=0
+    ecs-protection busy -- sh -c 'echo "job started"; sleep 20; echo "job done"' || status=$?
+    if [ "$status" -eq 75 ]; then exit 0; fi  # the task is stopping: start nothing new
 done

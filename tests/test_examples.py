@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ def test_worker_example_finishes_its_job_after_sigterm(sidecar):
         assert sidecar.get("/state").json()["busy"] is True
         worker.send_signal(signal.SIGTERM)
         assert read_line(worker.stdout) == "done"
+        assert read_line(worker.stdout).startswith("acked")  # the ack after the block
         assert worker.wait(timeout=30) == 0
         assert sidecar.get("/state").json()["busy"] is False
     finally:
@@ -52,13 +54,11 @@ def test_worker_example_finishes_its_job_after_sigterm(sidecar):
 
 
 def test_worker_shell_example_runs_under_the_wrapper(sidecar, tmp_path):
-    """examples/worker.sh under `ecs-protection run`: SIGTERM waits for the running job."""
-    # One short job, then idle: outside ECS nothing drains the sidecar, so a looping
-    # script would keep starting jobs (on ECS, stop detection refuses them).
+    """examples/worker.sh under `ecs-protection run`: SIGTERM lets the running job end,
+    no new job starts (the sidecar drains), and the loop ends by itself."""
     script = (ROOT / "examples" / "worker.sh").read_text()
-    script = script.replace("sleep 20", "sleep 1").replace("while true; do", "for _ in 1; do")
     fast = tmp_path / "worker.sh"
-    fast.write_text(script + "exec sleep 60\n")
+    fast.write_text(script.replace("sleep 20", "sleep 2"))
     fast.chmod(0o755)
     bindir = Path(sys.executable).parent
     env = {
@@ -76,9 +76,21 @@ def test_worker_shell_example_runs_under_the_wrapper(sidecar, tmp_path):
     try:
         assert read_line(app.stdout) == "job started"
         app.send_signal(signal.SIGTERM)
-        assert read_line(app.stdout) == "job done"
-        assert app.wait(timeout=30) == 128 + signal.SIGTERM  # the script itself is then stopped
+        assert app.wait(timeout=60) == 0  # the loop ended by itself
+        assert app.stdout is not None
+        assert app.stdout.read().split() == ["job", "done"]  # finished; no new job
+        assert sidecar.get("/state").json()["leases"] == []
     finally:
         if app.poll() is None:
             app.kill()
         app.wait(10)
+
+
+def test_task_definition_holds_sigterm_for_less_than_the_apps_stop_timeout():
+    """The hold timeout leaves the app time to stop before ECS sends SIGKILL."""
+    definition = json.loads((ROOT / "ecs" / "task-definition.json").read_text())
+    app = next(c for c in definition["containerDefinitions"] if c["name"] == "app")
+    env = {e["name"]: e["value"] for e in app["environment"]}
+    hold = float(env["TASK_PROTECTION_HOLD_TIMEOUT_SECONDS"])
+    assert 0 < hold <= app["stopTimeout"] - 5
+    assert "TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS" not in env  # the sidecar's, not run's
