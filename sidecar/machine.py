@@ -70,8 +70,16 @@ class Policy:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     slow_retry: float = 60.0
+    # Answers that are usually permanent but sometimes clear in seconds (the agent's 403
+    # right after it restarted): retried from `ramp_base`, at most every `ramp_hold`
+    # seconds during the first `ramp_window` of the failure, then slowing to slow_retry.
+    ramp_base: float = 1.0
+    ramp_hold: float = 8.0
+    ramp_window: float = 60.0
     # Floor between two renewals, so a backend that returns an expiry in the past
-    # (or a wall clock far off) cannot make the sidecar renew in a tight loop.
+    # (or a wall clock far off) cannot make the sidecar renew in a tight loop. An
+    # expiry still ahead but closer than twice this is renewed half-way to it instead:
+    # the floor must never push a renewal past the expiry.
     min_renew_gap: float = 10.0
 
     @property
@@ -126,7 +134,10 @@ class Machine:
         self._rand = rand
 
         now = clock.monotonic()
-        self.known = False  # whether the backend's state has been read or set yet
+        self.known = False  # whether the backend's state is known (read, set, or confirmed)
+        # Set when a change call's outcome was lost (timeout, dropped answer, 5xx): ECS
+        # may be protected although nothing confirmed it, so "off" must be re-established.
+        self.uncertain = False
         self.protected_flag = False  # the last confirmed state
         self.expires: float | None = None  # monotonic
         self.expires_wall: float | None = None  # as the backend returned it
@@ -140,6 +151,7 @@ class Machine:
         self.inflight: Call | None = None
         self._call_started = now
         self.failures = 0  # consecutive
+        self.failing_since: float | None = None
         self.retry_at: float | None = None
         self.last_error: ErrorInfo | None = None
         self.draining = False
@@ -189,9 +201,11 @@ class Machine:
             return
         self.counters.count(call.op, "ok")
         self.failures = 0
+        self.failing_since = None
         self.retry_at = None
         self.last_error = None
         self.known = True
+        self.uncertain = False
         if not protection.enabled:
             if self.protected_flag:
                 log.info("protection disabled", extra={"op": call.op.value})
@@ -200,25 +214,28 @@ class Machine:
             return
 
         wall_now = self._clock.wall()
-        if protection.expires_at is None:
+        if protection.remaining is not None:
+            # By the server's own clock: a wrong local wall clock cannot distort it.
+            expires = now + protection.remaining
+        elif protection.expires_at is not None:
+            expires = now + (protection.expires_at.timestamp() - wall_now)
+        else:
             # ECS always sends a date with protection on; without one, renew as if the
             # requested period had been granted from the moment the call started.
             expires = self._call_started + self.policy.period
-        else:
-            expires = now + (protection.expires_at.timestamp() - wall_now)
-            if call.op is Op.ENABLE:
-                # ECS cannot grant more than was asked from when the call started:
-                # this guards against a local clock behind ECS's.
-                expires = min(expires, self._call_started + call.expires_minutes * 60.0)
+        if call.op is Op.ENABLE:
+            # ECS cannot grant more than was asked from when the call started: this
+            # guards against a clock (ours or the server's) that disagrees with ECS.
+            expires = min(expires, self._call_started + call.expires_minutes * 60.0)
         was_protected = self.protected_flag
         self.protected_flag = True
         self.expires = expires
         self.expires_wall = (
             protection.expires_at.timestamp() if protection.expires_at else wall_now + expires - now
         )
-        self.renew_at = max(expires - self.policy.renew_margin, now + self.policy.min_renew_gap)
+        self.renew_at = self._renewal_time(now, expires)
         if call.op is Op.ENABLE:
-            self.enable_floor = now + self.policy.min_renew_gap
+            self.enable_floor = self.renew_at
         if self.protected_since is None:
             self.protected_since = now
         log.info(
@@ -226,6 +243,17 @@ class Machine:
             "renewed" if was_protected else "enabled",
             extra={"op": call.op.value, "expires_in_s": round(expires - now, 1)},
         )
+
+    def _renewal_time(self, now: float, expires: float) -> float:
+        """When to renew an expiry: a margin before it, never sooner than the floor, and
+        never after it while it is still ahead."""
+        ahead = expires - now
+        gap = self.policy.min_renew_gap
+        if ahead <= 0:
+            return now + gap  # already past (a lying backend or clock): no tight loop
+        if ahead < 2 * gap:
+            return now + ahead / 2
+        return max(expires - self.policy.renew_margin, now + gap)
 
     def on_failure(self, call: Call, error: BackendError) -> None:
         now = self._clock.monotonic()
@@ -239,19 +267,18 @@ class Machine:
             else "error",
         )
         self.failures += 1
-        if error.retryable:
-            delay = min(
-                self.policy.backoff_cap, self.policy.backoff_base * 2 ** min(self.failures - 1, 30)
-            )
-        else:
-            delay = self.policy.slow_retry
-        delay = delay / 2 + self._rand() * delay / 2  # equal jitter: spread, yet bounded below
+        if self.failing_since is None:
+            self.failing_since = now
+        delay = self._retry_delay(now, error)
         self.retry_at = now + delay
         if isinstance(error, ProtectionRefusedError) and call.op is Op.GET:
             # The agent answers GET with a failure for tasks ECS cannot protect:
             # such a task is certainly not protected now.
             self.known = True
+            self.uncertain = False
             self._clear_protection()
+        if error.uncertain:
+            self._outcome_unknown(call)
         self.last_error = ErrorInfo(
             call.op.value,
             error.code,
@@ -260,9 +287,11 @@ class Machine:
             self._clock.wall(),
             round(delay, 3),
         )
-        log_at = logging.WARNING if error.retryable else logging.ERROR
+        persistent = not error.retryable and not (
+            error.maybe_transient and now - self.failing_since < self.policy.ramp_window
+        )
         log.log(
-            log_at,
+            logging.ERROR if persistent else logging.WARNING,
             "backend %s failed: %s: %s; next try in %.1fs",
             call.op.value,
             error.code,
@@ -273,9 +302,45 @@ class Machine:
                 "code": error.code,
                 "status": error.status,
                 "retryable": error.retryable,
+                "uncertain": error.uncertain,
                 "attempt": self.failures,
             },
         )
+
+    def _retry_delay(self, now: float, error: BackendError) -> float:
+        policy = self.policy
+        exponent = min(self.failures - 1, 30)
+        if error.retryable:
+            delay = min(policy.backoff_cap, policy.backoff_base * 2.0**exponent)
+        elif error.maybe_transient:
+            delay = min(policy.slow_retry, policy.ramp_base * 2.0**exponent)
+            if self.failing_since is not None and now - self.failing_since < policy.ramp_window:
+                delay = min(delay, policy.ramp_hold)
+        else:
+            delay = policy.slow_retry
+        return delay / 2 + self._rand() * delay / 2  # equal jitter: spread, yet bounded below
+
+    def _outcome_unknown(self, call: Call) -> None:
+        """A change call may have reached ECS without an answer saying so."""
+        if call.op is Op.GET:
+            return  # a read changes nothing
+        if call.op is Op.ENABLE and self.protected_flag and self.expires is not None:
+            # A renewal: the old expiry holds if it did not land, and one that landed set
+            # at least start + period. Protection is certain until the earlier of the two.
+            self.expires = min(self.expires, self._call_started + call.expires_minutes * 60.0)
+            return
+        # A first enable may have turned protection on; a disable may not have turned it
+        # off. Either way nothing may be claimed, and "off" must be made certain.
+        log.warning(
+            "the outcome of the %s call is unknown: protection may be on or off until "
+            "the next call settles it",
+            call.op.value,
+            extra={"op": call.op.value},
+        )
+        self._clear_protection()
+        self.enable_floor = None
+        self.known = False
+        self.uncertain = True
 
     # ---- the decision -------------------------------------------------------
 
@@ -335,9 +400,12 @@ class Machine:
 
         if self.capped:
             self.capped = False
-        if not self.known:
-            return Call(Op.GET), None
-        if self.protected_flag:
+        if not self.known and not self.uncertain:
+            return Call(Op.GET), None  # start-up: adopt whatever protection is in force
+        if self.protected_flag or self.uncertain:
+            # On, or maybe on after a lost answer: off once the grace has passed. An
+            # explicit disable settles an unknown state in one call, whichever way the
+            # lost call went.
             grace_end = (self.idle_since if self.idle_since is not None else now) + (
                 self.policy.idle_grace
             )
@@ -375,12 +443,42 @@ class Machine:
 
     # ---- queries -------------------------------------------------------------
 
+    def confirmed_until(self) -> float | None:
+        """Until when (monotonic) ECS certainly has the task protected; None if not now.
+
+        A disable in flight may land at any moment, so nothing is certain during one. A
+        renewal in flight may shorten the expiry (the capped last renewal), so only the
+        earlier of the current expiry and what the renewal sets is certain.
+        """
+        if not self.protected_flag or self.expires is None:
+            return None
+        until = self.expires
+        call = self.inflight
+        if call is not None:
+            if call.op is Op.DISABLE:
+                return None
+            if call.op is Op.ENABLE:
+                until = min(until, self._call_started + call.expires_minutes * 60.0)
+        return until if until > self._clock.monotonic() else None
+
     def protected(self) -> bool:
-        return (
-            self.protected_flag
-            and self.expires is not None
-            and self.expires > self._clock.monotonic()
-        )
+        return self.confirmed_until() is not None
+
+    def confirmed_until_wall(self) -> float | None:
+        """confirmed_until() as the backend's wall time, for people and `expires_at`."""
+        until = self.confirmed_until()
+        if until is None or self.expires is None or self.expires_wall is None:
+            return None
+        return self.expires_wall - (self.expires - until)
+
+    def state(self) -> str:
+        """'on' (confirmed), 'off' (known off) or 'unknown' (never read, a lost answer,
+        or a disable in flight)."""
+        if self.protected():
+            return "on"
+        if not self.known or (self.inflight is not None and self.inflight.op is Op.DISABLE):
+            return "unknown"
+        return "off"
 
     def gives_up_before(self, deadline: float) -> bool:
         """Whether protection cannot come before `deadline`: no call will be tried by then."""

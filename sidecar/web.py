@@ -169,7 +169,7 @@ class Api:
     def _lease_view(self, lease: str, *, protected: bool) -> dict[str, Any]:
         view: dict[str, Any] = {"lease": lease, "protected": protected}
         if protected:
-            view["expires_at"] = rfc3339(self.machine.expires_wall)
+            view["expires_at"] = rfc3339(self.machine.confirmed_until_wall())
         view["leases"] = len(self.machine.leases)
         return view
 
@@ -244,7 +244,8 @@ class Api:
             "leases": leases,
             "protection": {
                 "enabled": protected,
-                "expires_at": rfc3339(machine.expires_wall) if protected else None,
+                "state": machine.state(),
+                "expires_at": rfc3339(machine.confirmed_until_wall()) if protected else None,
                 "backend": self.backend_name,
                 "last_error": None
                 if error is None

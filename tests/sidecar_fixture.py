@@ -15,7 +15,7 @@ from sidecar.reconciler import Reconciler
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from aiohttp.test_utils import TestClient
 
@@ -48,6 +48,13 @@ class Running:
     async def get(self, path: str) -> tuple[int, Any]:
         response = await self.client.get(path)
         return response.status, await response.json()
+
+
+async def eventually(predicate: Callable[[], object], within: float = 10.0) -> None:
+    """Wait (on real time, polling every few milliseconds) until `predicate()` is true."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110  (state of objects, not an event)
+            await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

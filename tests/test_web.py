@@ -26,7 +26,7 @@ async def sidecar(aiohttp_client, agent):
 async def fake_time(aiohttp_client):
     """A sidecar and agent sharing a fake clock, for timer behaviour without sleeping."""
     clock = FakeClock()
-    fake = FakeAgent(wall=clock.wall)
+    fake = FakeAgent(clock)
     await fake.start()
     fake.add_task()
     async with running_sidecar(aiohttp_client, fake, clock=clock) as running:
