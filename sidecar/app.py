@@ -15,6 +15,7 @@ from sidecar.leases import LeaseTable
 from sidecar.machine import Machine, Policy
 from sidecar.metadata import StopWatcher
 from sidecar.reconciler import Reconciler
+from sidecar.server import make_runner
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
     api = Api(reconciler, clock, reconciler.backend.name, config.token)
     # A short shutdown timeout: requests still waiting for confirmation when the
     # process exits are cut off rather than holding the exit back.
-    runner = web.AppRunner(build_app(api), access_log=None, shutdown_timeout=1.0)
+    runner = make_runner(build_app(api))
     await runner.setup()
     drain = SignalDrain(reconciler, config.drain_timeout_seconds)
     try:
@@ -56,10 +57,11 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         drain.install()
         watcher = _start_stop_detection(config, reconciler)
         log.info(
-            "ecs-protection-sidecar listening on http://%s:%d with backend %s%s",
+            "ecs-protection-sidecar listening on http://%s:%d with backend %s (%s)%s",
             config.host,
             port,
             reconciler.backend.name,
+            config.backend_reason,
             " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
             extra={"config": config.describe(), "port": port},
         )

@@ -7,13 +7,15 @@ operator fixes a task definition in one round trip instead of one per typo.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 BackendName = Literal["agent", "api", "local"]
 LogFormat = Literal["json", "text"]
@@ -49,10 +51,19 @@ class Config:
     cluster: str | None = None
     task_arn: str | None = None
     metadata_poll_seconds: float = 5.0
+    backend_reason: str = "default"
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
-        """Build the configuration; raise ConfigError naming every invalid value."""
+    def from_environ(
+        cls,
+        environ: Mapping[str, str],
+        argv: Sequence[str] = (),
+        api_available: Callable[[], bool] = lambda: _installed("boto3"),
+    ) -> Config:
+        """Build the configuration; raise ConfigError naming every invalid value.
+
+        `api_available` tells whether the `api` backend can be used (boto3 installed).
+        """
         raw = _merge(environ, argv)
         problems: list[str] = []
         p = _Parser(raw, problems)
@@ -70,18 +81,32 @@ class Config:
         max_leases = p.integer("MAX_LEASES", 10000, 1, 1_000_000)
         cluster = p.text("CLUSTER", "") or None
         task_arn = p.text("TASK_ARN", "") or None
-        metadata_poll = p.number("METADATA_POLL_SECONDS", 5.0, 0.0, 3600.0)
+        # 0 turns stop detection off; otherwise at least a second: the metadata endpoint
+        # is shared with the agent's other work and the drain needs no more.
+        metadata_poll = p.number("METADATA_POLL_SECONDS", 5.0, 1.0, 3600.0, off=0.0)
 
         agent_uri = environ.get("ECS_AGENT_URI") or None
         metadata_uri = environ.get("ECS_CONTAINER_METADATA_URI_V4") or None
 
         backend: BackendName = "local"
+        reason = f"TASK_PROTECTION_BACKEND={backend_choice}"
         if backend_choice == "auto":
-            backend = "agent" if agent_uri else "local"
+            backend = _auto_backend(agent_uri, metadata_uri, api_available, problems)
+            reason = {
+                "agent": "auto: ECS_AGENT_URI is set",
+                "api": "auto: on ECS without ECS_AGENT_URI (ECS agent older than 1.65.0)",
+                "local": "auto: not on ECS (no ECS_AGENT_URI, no ECS_CONTAINER_METADATA_URI_V4)",
+            }[backend]
         elif backend_choice == "agent" and not agent_uri:
             problems.append(
                 "TASK_PROTECTION_BACKEND=agent needs ECS_AGENT_URI, which the ECS agent sets "
                 "in every container of a task (agent 1.65.0 or newer)"
+            )
+        elif backend_choice == "local" and metadata_uri:
+            problems.append(
+                "TASK_PROTECTION_BACKEND=local only simulates protection, but "
+                "ECS_CONTAINER_METADATA_URI_V4 is set: this runs on ECS, where the simulation "
+                "would tell the app it is protected while ECS is not. Use agent or api"
             )
         elif backend_choice in ("agent", "api", "local"):
             backend = backend_choice  # type: ignore[assignment]
@@ -97,8 +122,13 @@ class Config:
                 f"TASK_PROTECTION_HOST={host!r} is not a loopback address: set "
                 "TASK_PROTECTION_TOKEN so that only holders of the token can change protection"
             )
-        if token is not None and (len(token) < 16 or not token.isprintable()):
-            problems.append("TASK_PROTECTION_TOKEN: must be at least 16 printable characters")
+        if token is not None and (
+            len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token
+        ):
+            problems.append(
+                "TASK_PROTECTION_TOKEN: must be at least 16 printable ASCII characters without "
+                "spaces (it travels in an HTTP header)"
+            )
 
         if problems:
             raise ConfigError(problems)
@@ -119,6 +149,7 @@ class Config:
             cluster=cluster,
             task_arn=task_arn,
             metadata_poll_seconds=metadata_poll,
+            backend_reason=reason,
         )
 
     def describe(self) -> dict[str, object]:
@@ -127,6 +158,7 @@ class Config:
             "host": self.host,
             "port": self.port,
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "expires_minutes": self.expires_minutes,
             "idle_grace_seconds": self.idle_grace_seconds,
             "drain_timeout_seconds": self.drain_timeout_seconds,
@@ -164,6 +196,7 @@ _FLAGS = {
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecs-protection-sidecar",
+        allow_abbrev=False,  # `--po 5` must not quietly mean --port
         description=(
             "Keep this ECS task's scale-in protection on while the app holds a lease; "
             "drain on SIGTERM. Every flag mirrors a TASK_PROTECTION_* variable and wins over it."
@@ -190,6 +223,34 @@ def _merge(environ: Mapping[str, str], argv: Sequence[str]) -> dict[str, str]:
     return raw
 
 
+def _auto_backend(
+    agent_uri: str | None,
+    metadata_uri: str | None,
+    api_available: Callable[[], bool],
+    problems: list[str],
+) -> BackendName:
+    """`auto`: the agent when it offers the endpoint; never the simulation on ECS."""
+    if agent_uri:
+        return "agent"
+    if not metadata_uri:
+        return "local"
+    # On ECS (the metadata endpoint is set) without ECS_AGENT_URI: an agent older than
+    # 1.65.0. The ECS API works there too, with the same task role permissions.
+    if api_available():
+        return "api"
+    problems.append(
+        "TASK_PROTECTION_BACKEND=auto: this runs on ECS (ECS_CONTAINER_METADATA_URI_V4 is "
+        "set) but ECS_AGENT_URI is not, so the ECS agent is older than 1.65.0 and has no "
+        "task protection endpoint, and boto3 for the api backend is not installed: update "
+        "the ECS agent, or use the image with the api backend (ecs-protection-sidecar[api])"
+    )
+    return "local"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -197,6 +258,10 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_INTEGER = re.compile(r"[0-9]{1,12}")
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 
 
 class _Parser:
@@ -223,25 +288,34 @@ class _Parser:
         if suffix not in self._raw:
             return default
         value = self._raw[suffix].strip()
-        try:
-            parsed = int(value)
-        except ValueError:
-            parsed = low - 1
+        # Plain digits only: int() would also take `1_000` and ` +5`.
+        parsed = int(value) if _INTEGER.fullmatch(value) else low - 1
         if not low <= parsed <= high:
             self._bad(suffix, value, f"an integer from {low} to {high}")
             return default
         return parsed
 
-    def number(self, suffix: str, default: float, low: float, high: float) -> float:
+    def number(
+        self,
+        suffix: str,
+        default: float,
+        low: float,
+        high: float,
+        *,
+        off: float | None = None,
+    ) -> float:
         if suffix not in self._raw:
             return default
         value = self._raw[suffix].strip()
-        try:
-            parsed = float(value)
-        except ValueError:
-            parsed = math.nan
+        # Decimal notation only: float() would also take `1_000`, `inf` and `1e400`.
+        parsed = float(value) if _NUMBER.fullmatch(value) else math.nan
+        if off is not None and parsed == off:
+            return parsed
         if not low <= parsed <= high:  # also rejects nan
-            self._bad(suffix, value, f"a number of seconds from {low:g} to {high:g}")
+            allowed = f"from {low:g} to {high:g}" + (
+                f", or {off:g} for off" if off is not None else ""
+            )
+            self._bad(suffix, value, f"a number of seconds {allowed}")
             return default
         return parsed
 

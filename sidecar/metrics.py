@@ -35,9 +35,16 @@ class MachineCollector(Collector):
             "1 while scale-in protection is confirmed on.",
             value=int(protected),
         )
+        yield GaugeMetricFamily(
+            "task_protection_state_unknown",
+            "1 while ECS's protection is not known: never read yet, an answer was lost, or a "
+            "disable is in flight.",
+            value=int(machine.state() == "unknown"),
+        )
         remaining = 0.0
-        if protected and machine.expires is not None:
-            remaining = max(0.0, machine.expires - self._clock.monotonic())
+        until = machine.confirmed_until()
+        if until is not None:
+            remaining = max(0.0, until - self._clock.monotonic())
         yield GaugeMetricFamily(
             "task_protection_expiry_seconds",
             "Seconds until the current protection expires.",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import hmac
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.clock import rfc3339
+from sidecar.errors import ApiError, error_response
 from sidecar.leases import TooManyLeasesError
 from sidecar.machine import DrainingError
 from sidecar.metrics import MachineCollector
@@ -25,40 +29,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.web")
 
 MAX_BODY_BYTES = 64 * 1024
+# Bodies are tiny; one that trickles in for longer is a stuck or hostile client.
+BODY_TIMEOUT_SECONDS = 10.0
+STATE_LEASES = 100  # leases listed in GET /state (the oldest); lease_count counts them all
 # The API's description, kept beside the code it describes and tested against it.
 OPENAPI = (resources.files("sidecar") / "openapi.json").read_bytes()
 
 # aiohttp's own HTTP errors, under the codes the API documents.
 _HTTP_CODES = {
+    400: "BadRequest",
     401: "Unauthorized",
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
 }
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, extra: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra or {}
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    extra: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if extra:
-        body.update(extra)
-    return web.json_response(body, status=status, headers=headers)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -97,11 +81,10 @@ class Api:
                 self._authorize(request)
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.extra)
+            return error_response(exc.status, exc.code, exc.message, exc.extra, field=exc.field)
         except InvalidRequestError as exc:
             message = str(exc) if exc.field is None else f"{exc} (field: {exc.field})"
-            extra = {"field": exc.field} if exc.field else None
-            return error_response(400, "InvalidRequest", message, extra)
+            return error_response(400, "InvalidRequest", message, field=exc.field)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -113,9 +96,13 @@ class Api:
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
+        # Tokens are printable ASCII (checked at start): anything else cannot match, and
+        # must not reach encode() (aiohttp keeps undecodable header bytes as surrogates).
         # compare_digest keeps the comparison time independent of where the strings differ.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self._token or b""
+        if (
+            scheme.lower() != "bearer"
+            or not presented.isascii()
+            or not hmac.compare_digest(presented.strip().encode(), self._token or b"")
         ):
             raise ApiError(
                 401,
@@ -124,7 +111,7 @@ class Api:
             )
 
     async def busy(self, request: web.Request) -> web.Response:
-        req = parse_busy(await request.read())
+        req = parse_busy(await read_body(request))
         machine = self.machine
         try:
             machine.acquire(req.lease, req.ttl_seconds)
@@ -174,7 +161,7 @@ class Api:
         return view
 
     async def idle(self, request: web.Request) -> web.Response:
-        req = parse_idle(await request.read())
+        req = parse_idle(await read_body(request))
         released = self.machine.release(req.lease)
         if released:
             self.reconciler.notify()  # a /busy may be waiting on this very lease
@@ -183,7 +170,7 @@ class Api:
         return web.json_response({"released": released, "leases": len(self.machine.leases)})
 
     async def release(self, request: web.Request) -> web.Response:
-        parse_empty(await request.read())
+        parse_empty(await read_body(request))
         count = self.machine.release_all()
         if count:
             log.warning(
@@ -194,7 +181,7 @@ class Api:
         return web.json_response({"released": count})
 
     async def drain(self, request: web.Request) -> web.Response:
-        parse_empty(await request.read())
+        parse_empty(await read_body(request))
         machine = self.machine
         if not machine.draining:
             log.warning(
@@ -227,6 +214,14 @@ class Api:
         def wall_of(moment: float | None) -> str | None:
             return None if moment is None else rfc3339(wall + moment - now)
 
+        live = [
+            lease
+            for lease in machine.leases.leases()
+            if lease.expires is None or lease.expires > now
+        ]
+        # The oldest first, at most STATE_LEASES of them: with thousands of leases the
+        # document (and 50 concurrent readers of it) stays small; `lease_count` has all.
+        shown = heapq.nsmallest(STATE_LEASES, live, key=lambda lease: lease.since_wall)
         leases = [
             {
                 "lease": lease.id,
@@ -234,14 +229,14 @@ class Api:
                 "expires_at": rfc3339(lease.expires_wall),
                 "ttl_seconds": lease.ttl,
             }
-            for lease in machine.leases.leases()
-            if lease.expires is None or lease.expires > now
+            for lease in shown
         ]
         error = machine.last_error
         protected = machine.protected()
         return {
-            "busy": bool(leases),
+            "busy": bool(live),
             "leases": leases,
+            "lease_count": len(live),
             "protection": {
                 "enabled": protected,
                 "state": machine.state(),
@@ -267,6 +262,21 @@ class Api:
             "draining": machine.draining,
             "drain_deadline": wall_of(machine.drain_deadline),
         }
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, or an API error: too slow, or not decodable as it claims to be."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "RequestTimeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g}s"
+        ) from None
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ or exc
+        reason = " ".join(str(getattr(cause, "message", cause)).split()) or "unreadable"
+        raise InvalidRequestError(f"the body cannot be read: {reason}") from None
 
 
 def build_app(api: Api) -> web.Application:

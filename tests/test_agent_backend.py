@@ -194,3 +194,16 @@ def test_other_400s_are_not_retryable_and_keep_the_agents_message():
         "bad",
         False,
     )
+
+
+async def test_an_answer_larger_than_any_agent_answer_is_refused_not_buffered(agent):
+    """A megabyte where the agent sends a few hundred bytes: not read into memory."""
+    agent.fail(fa.answer(200, '{"protection": {"x": "' + "y" * 1_000_000 + '"}}'))
+    backend = AgentBackend(agent.uri("task-1"))
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.get()
+    finally:
+        await backend.close()
+    assert caught.value.code == "InvalidResponse"
+    assert "larger than" in caught.value.message

@@ -31,7 +31,7 @@ def api_sidecar(moto_url: str, metadata: FakeMetadata) -> SidecarProcess:
             "TASK_PROTECTION_BACKEND": "api",
             "ECS_CONTAINER_METADATA_URI_V4": metadata.url,
             "TASK_PROTECTION_IDLE_GRACE_SECONDS": "0",
-            "TASK_PROTECTION_METADATA_POLL_SECONDS": "0.1",
+            "TASK_PROTECTION_METADATA_POLL_SECONDS": "1",
         }
     ).start()
 

@@ -268,7 +268,7 @@ async def test_bad_bodies_are_rejected_and_change_nothing(sidecar, agent, payloa
     assert isinstance(body["error"]["message"], str)
     if field is not None:
         assert field in body["error"]["message"]
-        assert body["field"] == field
+        assert body["error"]["field"] == field
     _, state = await sidecar.get("/state")
     assert state["leases"] == []
     assert len(agent.calls) == calls_before
@@ -325,3 +325,40 @@ async def test_a_waiting_busy_answers_when_its_ttl_expires(fake_time):
     sidecar.reconciler.wake()
     status, _ = await asyncio.wait_for(waiting, 5)
     assert status == 503
+
+
+async def test_a_huge_integer_is_a_400_naming_the_field_not_a_500(sidecar):
+    body = b'{"lease": "x", "ttl_seconds": 1' + b"0" * 400 + b"}"
+    response = await sidecar.client.post("/busy", data=body)
+    doc = await response.json()
+    assert response.status == 400
+    assert (doc["error"]["code"], doc["error"]["field"]) == ("InvalidRequest", "ttl_seconds")
+    assert "x" not in sidecar.machine.leases
+
+
+async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400(sidecar):
+    response = await sidecar.client.post(
+        "/busy", data=b"not gzip at all", headers={"Content-Encoding": "gzip"}
+    )
+    doc = await response.json()
+    assert (response.status, doc["error"]["code"]) == (400, "InvalidRequest")
+    assert "content-encoding" in doc["error"]["message"].lower()
+    assert not sidecar.machine.leases
+
+
+async def test_non_ascii_authorization_is_a_401_not_a_500(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent, token="0123456789abcdef-token") as sidecar:
+        response = await sidecar.client.post(
+            "/busy", headers={"Authorization": "Bearer \udcff\udcfe-token"}, skip_auto_headers=()
+        )
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "Unauthorized"
+
+
+async def test_state_lists_at_most_a_hundred_leases_and_counts_them_all(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent, max_leases=5000) as sidecar:
+        for i in range(1500):
+            sidecar.machine.acquire(f"job-{i}", None)
+        _, state = await sidecar.get("/state")
+        assert (len(state["leases"]), state["lease_count"], state["busy"]) == (100, 1500, True)
+        assert state["leases"][0]["lease"] == "job-0"  # the oldest first
