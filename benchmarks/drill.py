@@ -71,7 +71,8 @@ class Result:
     jobs: int
     completed: int
     interrupted: int
-    update_calls: int
+    update_calls: int  # at ECS: every attempt of the agent's SDK counts
+    agent_puts: int  # PUTs the agent answered (one can be up to 3 ECS calls)
     minimum_calls: int
     scale_events: int
     deployments: int
@@ -320,6 +321,9 @@ class Drill:
             completed=len(self.done_jobs()),
             interrupted=interrupted,
             update_calls=self.ecs_calls.updates,
+            agent_puts=sum(
+                1 for call in self.agent.calls if call.method == "PUT" and call.endpoint
+            ),
             minimum_calls=minimum_calls(intervals, self.settings.grace),
             scale_events=self.scale_events,
             deployments=self.deployments,
@@ -403,13 +407,13 @@ def environment() -> Any:
 
 def table(results: list[Result]) -> str:
     header = (
-        "| mode | jobs completed | interrupted | UpdateTaskProtection calls | per 1,000 jobs "
-        "| theoretical minimum per 1,000 | scale events / deployments | waited on protected "
-        "tasks | run time |"
+        "| mode | jobs completed | interrupted | agent PUTs | ECS UpdateTaskProtection calls "
+        "| per 1,000 jobs | theoretical minimum per 1,000 | scale events / deployments "
+        "| waited on protected tasks | run time |"
     )
-    rows = [header, "|---|---|---|---|---|---|---|---|---|"]
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     rows.extend(
-        f"| {r.mode} | {r.completed} | {r.interrupted} | {r.update_calls} | "
+        f"| {r.mode} | {r.completed} | {r.interrupted} | {r.agent_puts} | {r.update_calls} | "
         f"{r.calls_per_1000:.0f} | {r.minimum_per_1000:.0f} | {r.scale_events} / "
         f"{r.deployments} | {r.protected_wait:.1f} s | {r.seconds:.0f} s |"
         for r in results
