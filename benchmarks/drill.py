@@ -456,8 +456,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    defaults = Settings()
+    parser.add_argument("--wave", type=int, default=defaults.wave, help="jobs per wave")
+    parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks at start")
+    parser.add_argument("--scale-every", type=float, default=defaults.scale_every)
+    parser.add_argument("--timeout", type=float, default=defaults.timeout)
+    parser.add_argument(
+        "--plan", default=",".join(defaults.plan), help="scaling steps, repeated: in,out,deploy"
+    )
     args = parser.parse_args()
-    settings = Settings(jobs=args.jobs, seed=args.seed)
+    settings = Settings(
+        jobs=args.jobs,
+        seed=args.seed,
+        wave=args.wave,
+        tasks=args.tasks,
+        scale_every=args.scale_every,
+        timeout=args.timeout,
+        plan=tuple(args.plan.split(",")),
+    )
     results = []
     with environment() as (moto_url, agent, workdir):
         for mode in args.modes.split(","):

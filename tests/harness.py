@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sidecar.backends.base import BackendError, Protection
+from sidecar.backends.base import BackendError, Protection, switched
 from sidecar.leases import LeaseTable
 from sidecar.machine import Action, Call, Exit, Machine, Op, Policy, Wait
 from tests.fakes.clock import FakeClock
@@ -100,7 +100,12 @@ class Harness:
                 BackendError("Timeout", "the answer was lost", retryable=True, uncertain=True),
             )
             return
-        self.machine.on_success(call, self.ecs_state())
+        try:  # what every backend checks before answering
+            answer = switched(call.op is Op.ENABLE, self.ecs_state())
+        except BackendError as error:
+            self.machine.on_failure(call, error)
+            return
+        self.machine.on_success(call, answer)
 
     def ecs_state(self) -> Protection:
         if not self.ecs_protected():

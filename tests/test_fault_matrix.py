@@ -201,7 +201,7 @@ async def pump(sidecar: Running, clock: FakeClock) -> None:
 
 async def next_attempt(sidecar: Running, clock: FakeClock) -> None:
     """Move the fake clock to the scheduled retry and let the reconciler make it."""
-    retry_at = sidecar.machine.retry_at
+    retry_at = sidecar.machine.retry.at
     assert retry_at is not None
     clock.advance(max(0.0, retry_at - clock.monotonic()))
     sidecar.reconciler.wake()
@@ -237,8 +237,8 @@ async def check_failing(
     # After an answer that may hide a landed enable, nothing says "off".
     assert state["protection"]["state"] == ("unknown" if row.uncertain or op == "get" else "off")
 
-    delay = sidecar.machine.retry_at - clock.monotonic()
-    first_failures = sidecar.machine.failures
+    delay = sidecar.machine.retry.at - clock.monotonic()
+    first_failures = sidecar.machine.retry.failures
     if row.retry == "fast":
         assert 0.0 < delay <= 0.5 * 2 ** (first_failures - 1)
     elif row.retry == "ramp":
@@ -250,8 +250,8 @@ async def check_failing(
     assert records[-1].levelno == (logging.ERROR if row.retry == "slow" else logging.WARNING)
 
     await next_attempt(sidecar, clock)  # still failing: the next delay grows (or stays slow)
-    assert sidecar.machine.failures == first_failures + 1
-    later = sidecar.machine.retry_at - clock.monotonic()
+    assert sidecar.machine.retry.failures == first_failures + 1
+    later = sidecar.machine.retry.at - clock.monotonic()
     assert later >= (30.0 if row.retry == "slow" else delay) / 2
     assert (await sidecar.get("/healthz")) == (200, {"status": "ok"})
     assert not sidecar.task.done()  # the reconciler never died
@@ -335,7 +335,7 @@ async def test_disable_failures_are_retried_until_protection_is_off(
         clock.advance(10)
         sidecar.reconciler.wake()
         await sidecar.settle()
-        assert sidecar.machine.last_error is not None
+        assert sidecar.machine.retry.last_error is not None
         assert agent.tasks["task-1"].enabled
         agent.heal()
         await next_attempt(sidecar, clock)

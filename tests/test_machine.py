@@ -145,7 +145,7 @@ def test_retryable_failures_back_off_exponentially():
         (ENABLE, 3.5),
     ]
     assert h.machine.protected()
-    assert h.machine.last_error is None
+    assert h.machine.retry.last_error is None
     assert h.machine.counters.retries == 3
 
 
@@ -169,7 +169,7 @@ def test_a_non_retryable_failure_is_retried_slowly_and_reported():
     h.run_for(600)
     enables = [m.at for m in h.made if m.op is ENABLE]
     assert enables == [60.0 * i for i in range(11)]
-    error = h.machine.last_error
+    error = h.machine.retry.last_error
     assert error is not None
     assert (error.code, error.retryable, error.op) == ("AccessDeniedException", False, "enable")
 
@@ -191,10 +191,10 @@ def test_task_not_valid_on_get_means_not_protected():
     h = Harness()
     h.errors.append(ProtectionRefusedError("TASK_NOT_VALID", None))
     h.settle()
-    assert h.machine.known
+    assert h.machine.belief.known
     assert not h.machine.protected()
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "TASK_NOT_VALID"
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "TASK_NOT_VALID"
     h.run_for(3600)
     assert h.ops() == [GET]
 
@@ -207,12 +207,12 @@ def test_deployment_blocked_on_renewal_keeps_the_current_protection():
     h.errors.append(ProtectionRefusedError("DEPLOYMENT_BLOCKED", "deployment in progress"))
     h.run_for(2)
     assert h.machine.protected()
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "DEPLOYMENT_BLOCKED"
-    assert "replaced soon" in h.machine.last_error.message
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "DEPLOYMENT_BLOCKED"
+    assert "replaced soon" in h.machine.retry.last_error.message
     h.run_for(60)
     assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0, 3360.0]
-    assert h.machine.last_error is None
+    assert h.machine.retry.last_error is None
 
 
 def test_events_during_a_call_coalesce_into_the_latest_desire():
@@ -349,7 +349,7 @@ def test_cap_stops_renewing_at_max_protected_seconds():
         (ENABLE, 3300.0, 60),
         (ENABLE, 6600.0, 10),
     ]
-    assert h.machine.capped
+    assert h.machine.belief.capped
     assert not h.ecs_protected()
     h.idle()
     h.busy("next")  # a new busy period after going idle starts a fresh cap
@@ -374,8 +374,8 @@ def test_enable_answered_with_protection_off_is_an_error_not_a_loop():
     h.busy()
     h.run_for(120)
     assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 60.0, 120.0]
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "NotProtected"
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "NotProtected"
 
 
 def lost_403() -> BackendError:

@@ -12,10 +12,9 @@ import pytest
 from aiohttp import web
 
 from sidecar.clock import SystemClock
-from sidecar.leases import LeaseTable
-from sidecar.machine import Machine, Policy
-from sidecar.reconciler import Reconciler
+from sidecar.machine import Policy
 from sidecar.server import make_runner
+from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 from tests.fakes.backend import ScriptedBackend
 from tests.fakes.clock import FakeClock
@@ -23,10 +22,10 @@ from tests.fakes.clock import FakeClock
 
 @pytest.fixture
 async def served():
-    clock = SystemClock()
-    machine = Machine(Policy(), clock, LeaseTable(10))
-    reconciler = Reconciler(machine, ScriptedBackend(FakeClock()), clock)
-    api = Api(reconciler, clock, "local", "0123456789abcdef-token")
+    service = ProtectionService(
+        Policy(), ScriptedBackend(FakeClock()), SystemClock(), max_leases=10
+    )
+    api = Api(service, "0123456789abcdef-token")
     runner = make_runner(build_app(api), header_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -216,7 +216,7 @@ async def test_token_guards_posts_only(aiohttp_client, agent):
         assert status == 401
         status, _ = await sidecar.post("/drain")
         assert status == 401
-        assert sidecar.machine.draining is False
+        assert sidecar.machine.drain.draining is False
         status, _ = await sidecar.post("/busy", headers={"Authorization": f"Bearer {token}"})
         assert status == 200
         assert (await sidecar.get("/state"))[0] == 200

@@ -15,6 +15,7 @@ from sidecar.backends.base import (
     ProtectionRefusedError,
     http_date,
     remaining_seconds,
+    switched,
 )
 
 # The agent gives ECS 4 s and its own server answers within 5 s; waiting a little
@@ -41,7 +42,7 @@ class AgentBackend:
         body: dict[str, object] = {"ProtectionEnabled": enabled}
         if enabled:
             body["ExpiresInMinutes"] = expires_minutes
-        return await self._request("PUT", body)
+        return switched(enabled, await self._request("PUT", body))
 
     async def close(self) -> None:
         if self._session is not None:

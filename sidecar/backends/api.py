@@ -26,6 +26,7 @@ from sidecar.backends.base import (
     ProtectionRefusedError,
     http_date,
     remaining_seconds,
+    switched,
 )
 from sidecar.metadata import TaskIdentity, task_identity
 
@@ -95,9 +96,10 @@ class ApiBackend:
         }
         if enabled:
             params["expiresInMinutes"] = expires_minutes
-        return await asyncio.to_thread(
+        answer = await asyncio.to_thread(
             self._call, client.update_task_protection, identity, **params
         )
+        return switched(enabled, answer)
 
     async def close(self) -> None:
         if self._client is not None:

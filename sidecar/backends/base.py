@@ -79,7 +79,11 @@ REFUSAL_HINTS = {
 
 
 class Backend(Protocol):
-    """Reads and switches this task's scale-in protection."""
+    """Reads and switches this task's scale-in protection.
+
+    An answer is only returned when it is what was asked for: `set(True, ...)` returns
+    protection on or raises (see `switched`); the state machine trusts it.
+    """
 
     @property
     def name(self) -> BackendName: ...
@@ -108,3 +112,16 @@ def remaining_seconds(expires_at: datetime | None, server_time: datetime | None)
     if expires_at is None or server_time is None:
         return None
     return (expires_at - server_time).total_seconds() - 1.0
+
+
+def switched(enabled: bool, protection: Protection) -> Protection:
+    """The answer to set(enabled): raise unless it says what was asked for.
+
+    An enable answered "off" (ECS granted an expiry already gone) must not count as
+    success, or the machine would enable again at once, in a loop.
+    """
+    if enabled and not protection.enabled:
+        raise BackendError(
+            "NotProtected", "the backend answered an enable with protection off", retryable=False
+        )
+    return protection
