@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sidecar.config import Config, ConfigError
+from sidecar.config import (
+    Config,
+    ConfigError,
+    build_arg_parser,
+    declared,
+    settings_table,
+    version,
+)
 
 
 def test_defaults_match_the_contract():
@@ -161,3 +170,31 @@ def test_abbreviated_flags_are_refused():
 def test_tokens_must_be_long_printable_ascii(token):
     with pytest.raises(ConfigError, match="printable ASCII"):
         Config.from_environ({"TASK_PROTECTION_TOKEN": token})
+
+
+def test_the_readme_table_is_the_declared_settings():
+    """The README's configuration table comes from the declarations; regenerate it with
+    `python -c 'from sidecar.config import settings_table; print(settings_table())'`."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    begin = "<!-- settings table: generated from sidecar/config.py -->\n"
+    end = "\n<!-- end of settings table -->"
+    assert readme[readme.index(begin) + len(begin) : readme.index(end)] == settings_table()
+
+
+def test_every_declared_setting_has_a_flag_an_env_var_and_help():
+    """One declaration gives the variable, the flag, the default and the allowed values."""
+    parser_help = build_arg_parser().format_help()
+    for field, spec, default in declared():
+        assert spec.env == "TASK_PROTECTION_" + spec.name
+        assert spec.flag in parser_help
+        assert spec.env in parser_help
+        assert getattr(Config(), field) == default
+    config = Config.from_environ({"TASK_PROTECTION_IDLE_GRACE_SECONDS": "3"}, ["--port", "5"])
+    assert (config.idle_grace_seconds, config.port) == (3.0, 5)
+
+
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        Config.from_environ({}, ["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ecs-protection-sidecar {version()}"
