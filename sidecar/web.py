@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md, "Sidecar HTTP API v1"): routes, validation, errors, auth."""
+"""The HTTP API (sidecar/openapi.json; README "HTTP API"): routes, validation, errors, auth."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
     from aiohttp.test_utils import TestClient
 
@@ -54,13 +54,6 @@ class Running:
     async def get(self, path: str) -> tuple[int, Any]:
         response = await self.client.get(path)
         return response.status, await response.json()
-
-
-async def eventually(predicate: Callable[[], object], within: float = 10.0) -> None:
-    """Wait (on real time, polling every few milliseconds) until `predicate()` is true."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110  (state of objects, not an event)
-            await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

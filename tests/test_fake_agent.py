@@ -1,4 +1,5 @@
-"""The fake agent reproduces ../shared/ECS-AGENT.md row by row (it is only useful if faithful)."""
+"""The fake agent answers as the real agent's task-protection handler does, row by row (it is
+only useful if faithful): aws/amazon-ecs-agent, ecs-agent/tmds/handlers/taskprotection."""
 
 from __future__ import annotations
 

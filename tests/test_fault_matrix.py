@@ -1,10 +1,10 @@
 """Every way the agent (and ECS behind it) can answer badly, end to end through the sidecar.
 
-For each row of ECS-AGENT.md's table, and for the agent down, hanging, resetting the
-connection and sending truncated JSON: `/busy` answers 503 ProtectionUnavailable and
-keeps the lease, `/state` and the log name the cause, retries back off (fast for
-transient faults, slowly for the others), the sidecar keeps serving, and protection
-converges once the fault clears. Time is a fake clock shared with the agent.
+For each row of the agent's table of answers (tests/fakes/agent.py), and for the agent
+down, hanging, resetting the connection and sending truncated JSON: `/busy` answers 503
+ProtectionUnavailable and keeps the lease, `/state` and the log name the cause, retries
+back off (fast for transient faults, slowly for the others), the sidecar keeps serving,
+and protection converges once the fault clears. Time is a fake clock shared with the agent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from tests.fakes import agent as fa
 from tests.fakes.agent import DECODE_ERROR, FakeAgent
 from tests.fakes.clock import FakeClock
 from tests.sidecar_fixture import Running, running_sidecar
+from tests.support import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -297,12 +297,6 @@ async def test_unknown_endpoint_id_then_the_task_appears(
         )
         agent.add_task("late-task")
         await check_converges(sidecar, clock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_agent_down_then_up(aiohttp_client, caplog):

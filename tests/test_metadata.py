@@ -7,10 +7,10 @@ import logging
 import aiohttp
 import pytest
 
+from sidecar.backends.local import LocalBackend
 from sidecar.machine import DrainingError, Exit, Policy
 from sidecar.metadata import StopWatcher, task_identity
 from sidecar.service import ProtectionService
-from tests.fakes.backend import ScriptedBackend
 from tests.fakes.clock import FakeClock
 from tests.fakes.metadata import FakeMetadata
 
@@ -26,7 +26,7 @@ async def metadata():
 @pytest.fixture
 def service():
     clock = FakeClock()
-    return ProtectionService(Policy(), ScriptedBackend(clock), clock, max_leases=10)
+    return ProtectionService(Policy(), LocalBackend(clock), clock, max_leases=10)
 
 
 async def test_identity(metadata):

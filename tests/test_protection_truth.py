@@ -14,7 +14,8 @@ from sidecar.machine import Op, Policy
 from tests.fakes import agent as fa
 from tests.fakes.agent import FakeAgent
 from tests.fakes.clock import FakeClock
-from tests.sidecar_fixture import eventually, running_sidecar
+from tests.sidecar_fixture import running_sidecar
+from tests.support import eventually
 
 FAST_GRACE = Policy(idle_grace=0.2)
 

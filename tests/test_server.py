@@ -11,20 +11,18 @@ import logging
 import pytest
 from aiohttp import web
 
+from sidecar.backends.local import LocalBackend
 from sidecar.clock import SystemClock
 from sidecar.machine import Policy
 from sidecar.server import make_runner
 from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
-from tests.fakes.backend import ScriptedBackend
 from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture
 async def served():
-    service = ProtectionService(
-        Policy(), ScriptedBackend(FakeClock()), SystemClock(), max_leases=10
-    )
+    service = ProtectionService(Policy(), LocalBackend(FakeClock()), SystemClock(), max_leases=10)
     api = Api(service, "0123456789abcdef-token")
     runner = make_runner(build_app(api), header_timeout=0.5)
     await runner.setup()

@@ -117,12 +117,17 @@ async def test_ttl_expiry_through_the_api(fake_time):
 
 
 async def test_a_retryable_fault_is_retried_before_answering(sidecar, agent):
-    """Throttling on the first enable: /busy still answers 200 once the retry succeeds."""
-    agent.fail(fa.ecs_error("ThrottlingException", 400, "Rate exceeded"))
+    """The agent's rate limiter refuses the first two enables: the sidecar retries, and
+    /busy answers 200 once the third is confirmed, within its wait."""
+    agent.fail(fa.rate_limited(), times=2)
     status, body = await sidecar.post("/busy", {"lease": "j"})
     assert (status, body["protected"]) == (200, True)
-    _, metrics_ok = await sidecar.get("/state")
-    assert metrics_ok["protection"]["last_error"] is None
+    assert [c.status for c in agent.calls if c.method == "PUT"] == [429, 429, 200]
+    _, state = await sidecar.get("/state")
+    assert state["protection"]["last_error"] is None
+    text = await (await sidecar.client.get("/metrics")).text()
+    assert "task_protection_retries_total 2.0" in text
+    assert 'task_protection_backend_calls_total{op="enable",outcome="retryable"} 2.0' in text
 
 
 async def test_a_refusal_answers_503_at_once_and_keeps_the_lease(sidecar, agent):

@@ -102,7 +102,7 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def parse_answer(status: int, payload: bytes, date: str | None = None) -> Protection:
-    """Map one agent answer to a Protection or a BackendError (see ECS-AGENT.md's table).
+    """Map one agent answer to a Protection or a BackendError (the agent's answers, one row each).
 
     `date` is the answer's Date header: the agent's own clock, against which the
     remaining protection is measured.

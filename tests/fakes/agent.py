@@ -1,4 +1,5 @@
-"""A fake ECS agent task-protection endpoint, faithful to ../shared/ECS-AGENT.md.
+"""A fake ECS agent task-protection endpoint, faithful to the real agent's handler
+(aws/amazon-ecs-agent, ecs-agent/tmds/handlers/taskprotection/v1/handlers/handlers.go).
 
 A real aiohttp server on a loopback port 0, in two layers like the real agent:
 
