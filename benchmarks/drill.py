@@ -71,7 +71,8 @@ class Result:
     jobs: int
     completed: int
     interrupted: int
-    update_calls: int
+    update_calls: int  # at ECS: every attempt of the agent's SDK counts
+    agent_puts: int  # PUTs the agent answered (one can be up to 3 ECS calls)
     minimum_calls: int
     scale_events: int
     deployments: int
@@ -320,6 +321,9 @@ class Drill:
             completed=len(self.done_jobs()),
             interrupted=interrupted,
             update_calls=self.ecs_calls.updates,
+            agent_puts=sum(
+                1 for call in self.agent.calls if call.method == "PUT" and call.endpoint
+            ),
             minimum_calls=minimum_calls(intervals, self.settings.grace),
             scale_events=self.scale_events,
             deployments=self.deployments,
@@ -403,13 +407,13 @@ def environment() -> Any:
 
 def table(results: list[Result]) -> str:
     header = (
-        "| mode | jobs completed | interrupted | UpdateTaskProtection calls | per 1,000 jobs "
-        "| theoretical minimum per 1,000 | scale events / deployments | waited on protected "
-        "tasks | run time |"
+        "| mode | jobs completed | interrupted | agent PUTs | ECS UpdateTaskProtection calls "
+        "| per 1,000 jobs | theoretical minimum per 1,000 | scale events / deployments "
+        "| waited on protected tasks | run time |"
     )
-    rows = [header, "|---|---|---|---|---|---|---|---|---|"]
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     rows.extend(
-        f"| {r.mode} | {r.completed} | {r.interrupted} | {r.update_calls} | "
+        f"| {r.mode} | {r.completed} | {r.interrupted} | {r.agent_puts} | {r.update_calls} | "
         f"{r.calls_per_1000:.0f} | {r.minimum_per_1000:.0f} | {r.scale_events} / "
         f"{r.deployments} | {r.protected_wait:.1f} s | {r.seconds:.0f} s |"
         for r in results
@@ -452,8 +456,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    defaults = Settings()
+    parser.add_argument("--wave", type=int, default=defaults.wave, help="jobs per wave")
+    parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks at start")
+    parser.add_argument("--scale-every", type=float, default=defaults.scale_every)
+    parser.add_argument("--timeout", type=float, default=defaults.timeout)
+    parser.add_argument(
+        "--plan", default=",".join(defaults.plan), help="scaling steps, repeated: in,out,deploy"
+    )
     args = parser.parse_args()
-    settings = Settings(jobs=args.jobs, seed=args.seed)
+    settings = Settings(
+        jobs=args.jobs,
+        seed=args.seed,
+        wave=args.wave,
+        tasks=args.tasks,
+        scale_every=args.scale_every,
+        timeout=args.timeout,
+        plan=tuple(args.plan.split(",")),
+    )
     results = []
     with environment() as (moto_url, agent, workdir):
         for mode in args.modes.split(","):

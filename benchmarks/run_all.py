@@ -18,7 +18,6 @@ import asyncio
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import requests
 
 from ecs_protection import AsyncClient, Client
 from tests.processes import SidecarProcess
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,12 +44,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def round_trips(url: str, pairs: int) -> list[float]:

@@ -1,3 +1,4 @@
-"""ecs-protection sidecar: keeps an ECS task's scale-in protection on while its app is busy."""
+"""ecs-protection sidecar: keeps an ECS task's scale-in protection on while its app is busy.
 
-__version__ = "0.1.0"
+Its version is the package metadata's (`ecs-protection-sidecar --version`).
+"""

@@ -11,10 +11,10 @@ from aiohttp import web
 from sidecar.backends import create_backend
 from sidecar.clock import Clock, SystemClock
 from sidecar.drain import SignalDrain
-from sidecar.leases import LeaseTable
-from sidecar.machine import Machine, Policy
+from sidecar.machine import Policy
 from sidecar.metadata import StopWatcher
-from sidecar.reconciler import Reconciler
+from sidecar.server import make_runner
+from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
@@ -25,26 +25,26 @@ log = logging.getLogger("sidecar")
 EXIT_ERROR = 1
 
 
-def build_reconciler(config: Config, clock: Clock) -> Reconciler:
+def build_service(config: Config, clock: Clock) -> ProtectionService:
     policy = Policy(
         expires_minutes=config.expires_minutes,
         idle_grace=config.idle_grace_seconds,
         max_protected=config.max_protected_seconds,
     )
-    machine = Machine(policy, clock, LeaseTable(config.max_leases))
-    return Reconciler(machine, create_backend(config, clock), clock)
+    return ProtectionService(
+        policy, create_backend(config, clock), clock, max_leases=config.max_leases
+    )
 
 
 async def serve(config: Config, clock: Clock | None = None) -> int:
     """Serve until drained or forced to stop; return the process exit code."""
     clock = clock or SystemClock()
-    reconciler = build_reconciler(config, clock)
-    api = Api(reconciler, clock, reconciler.backend.name, config.token)
-    # A short shutdown timeout: requests still waiting for confirmation when the
-    # process exits are cut off rather than holding the exit back.
-    runner = web.AppRunner(build_app(api), access_log=None, shutdown_timeout=1.0)
+    service = build_service(config, clock)
+    # A short shutdown timeout (make_runner's): requests still waiting for confirmation
+    # when the process exits are cut off rather than holding the exit back.
+    runner = make_runner(build_app(Api(service, config.token)))
     await runner.setup()
-    drain = SignalDrain(reconciler, config.drain_timeout_seconds)
+    drain = SignalDrain(service, config.drain_timeout_seconds)
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         try:
@@ -54,24 +54,25 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             return EXIT_ERROR
         port = _bound_port(runner) or config.port
         drain.install()
-        watcher = _start_stop_detection(config, reconciler)
+        watcher = _start_stop_detection(config, service)
         log.info(
-            "ecs-protection-sidecar listening on http://%s:%d with backend %s%s",
+            "ecs-protection-sidecar listening on http://%s:%d with backend %s (%s)%s",
             config.host,
             port,
-            reconciler.backend.name,
+            service.backend.name,
+            config.backend_reason,
             " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
             extra={"config": config.describe(), "port": port},
         )
         try:
-            result = await reconciler.run()
+            result = await service.run()
         finally:
             if watcher is not None:
                 watcher.cancel()
         drain.uninstall()
     finally:
         await runner.cleanup()
-        await reconciler.backend.close()
+        await service.close()
     log_at = logging.INFO if result.code == 0 else logging.ERROR
     log.log(
         log_at,
@@ -83,11 +84,11 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
     return result.code
 
 
-def _start_stop_detection(config: Config, reconciler: Reconciler) -> asyncio.Task[None] | None:
+def _start_stop_detection(config: Config, service: ProtectionService) -> asyncio.Task[None] | None:
     if not config.metadata_uri or not config.metadata_poll_seconds:
         log.info("stop detection off: no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)")
         return None
-    watcher = StopWatcher(config.metadata_uri, reconciler, config.metadata_poll_seconds)
+    watcher = StopWatcher(config.metadata_uri, service, config.metadata_poll_seconds)
     return asyncio.create_task(watcher.run(), name="stop-detection")
 
 

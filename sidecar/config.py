@@ -1,26 +1,34 @@
 """Configuration: one typed, frozen object built from the environment and CLI flags.
 
-Flags override variables. Every problem is collected and reported together, so an
-operator fixes a task definition in one round trip instead of one per typo.
+Each setting is declared once, as a field of `Config` (name, type, default, bounds,
+help); the environment parser, the CLI flags, `--help`, the start-up description and
+the README's configuration table (`settings_table()`) are all derived from that
+declaration. Flags override variables. Every problem is collected and reported
+together, so an operator fixes a task definition in one round trip instead of one per
+typo. To add a setting: add one field below, then use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
 import ipaddress
-import math
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 BackendName = Literal["agent", "api", "local"]
-LogFormat = Literal["json", "text"]
 
+PREFIX = "TASK_PROTECTION_"
 BACKENDS = ("auto", "agent", "api", "local")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+Kind = Literal["text", "integer", "seconds", "choice"]
 
 
 class ConfigError(Exception):
@@ -32,133 +40,217 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """How one field of Config is read: `TASK_PROTECTION_<name>` and `--<name>`."""
+
+    name: str  # the variable's suffix
+    kind: Kind
+    help: str
+    low: float = 0
+    high: float = 0
+    choices: tuple[str, ...] = ()
+    off: float | None = None  # a value outside [low, high] that means "off"
+    optional: bool = False  # empty or unset: None
+    secret: bool = False  # never shown
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.lower().replace("_", "-")
+
+    def allowed(self) -> str:
+        """The values it accepts, in words, for --help, errors and the README."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "text":
+            return "text"
+        unit = "an integer" if self.kind == "integer" else "seconds"
+        text = f"{unit} from {_plain(self.low)} to {_plain(self.high)}"
+        if self.off is not None:
+            text += f", or {_plain(self.off)} for off"
+        return text
+
+
+def setting(  # noqa: PLR0913  (the declaration of one setting, all keywords)
+    default: object,
+    kind: Kind,
+    help: str,  # noqa: A002  (argparse's own word for it)
+    *,
+    name: str = "",
+    low: float = 0,
+    high: float = 0,
+    choices: tuple[str, ...] = (),
+    off: float | None = None,
+    secret: bool = False,
+) -> Any:  # noqa: ANN401  (a dataclass field, typed by its annotation)
+    """Declare a field of Config as a setting (name: the field's name, upper case)."""
+    spec = {
+        "kind": kind,
+        "help": help,
+        "low": low,
+        "high": high,
+        "choices": choices,
+        "off": off,
+        "secret": secret,
+        "name": name,
+        "optional": default is None,
+    }
+    return dataclasses.field(default=default, metadata={"setting": spec})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 31680
+    host: str = setting(
+        "127.0.0.1",
+        "text",
+        "address to listen on; a non-loopback address requires TASK_PROTECTION_TOKEN",
+    )
+    port: int = setting(31680, "integer", "port to listen on; 0 picks a free one", high=65535)
+    backend_choice: str = setting(
+        "auto",
+        "choice",
+        "agent when ECS_AGENT_URI is set; on ECS without it (agent older than 1.65.0) api, "
+        "or exit 2 without boto3; local (simulated) only off ECS",
+        name="BACKEND",
+        choices=BACKENDS,
+    )
+    expires_minutes: int = setting(
+        60, "integer", "ExpiresInMinutes of each enable", low=1, high=2880
+    )
+    idle_grace_seconds: float = setting(
+        10.0, "seconds", "not busy this long: protection is turned off", high=86400
+    )
+    drain_timeout_seconds: float = setting(
+        120.0,
+        "seconds",
+        "after SIGTERM, exit this long after the drain began even with leases held (exit 3)",
+        high=86400,
+    )
+    token: str | None = setting(
+        None,
+        "text",
+        "at least 16 printable ASCII characters; POSTs then need 'Authorization: Bearer <token>'",
+        secret=True,
+    )
+    log_format: str = setting(
+        "json", "choice", "one JSON object per line, or text", choices=LOG_FORMATS
+    )
+    log_level: str = setting("info", "choice", "the least severe level logged", choices=LOG_LEVELS)
+    max_protected_seconds: float | None = setting(
+        None,
+        "seconds",
+        "stop renewing after this long continuously protected (unset: no cap)",
+        low=60,
+        high=31_536_000,
+    )
+    max_leases: int = setting(
+        10000, "integer", "leases held at most; past it 429 TooManyLeases", low=1, high=1_000_000
+    )
+    metadata_poll_seconds: float = setting(
+        5.0,
+        "seconds",
+        "stop detection on ECS: how often the task metadata is read",
+        low=1,
+        high=3600,
+        off=0,
+    )
+    cluster: str | None = setting(
+        None, "text", "the api backend's cluster, when not read from the task metadata"
+    )
+    task_arn: str | None = setting(
+        None, "text", "the api backend's task ARN, when not read from the task metadata"
+    )
+
+    # Derived: from ECS's own variables and the settings above, not settings themselves.
     backend: BackendName = "local"
-    expires_minutes: int = 60
-    idle_grace_seconds: float = 10.0
-    drain_timeout_seconds: float = 120.0
-    token: str | None = None
-    log_format: LogFormat = "json"
-    log_level: str = "info"
-    max_protected_seconds: float | None = None
-    max_leases: int = 10000
+    backend_reason: str = "default"
     agent_uri: str | None = None
     metadata_uri: str | None = None
-    cluster: str | None = None
-    task_arn: str | None = None
-    metadata_poll_seconds: float = 5.0
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
-        """Build the configuration; raise ConfigError naming every invalid value."""
+    def from_environ(
+        cls,
+        environ: Mapping[str, str],
+        argv: Sequence[str] = (),
+        api_available: Callable[[], bool] = lambda: _installed("boto3"),
+    ) -> Config:
+        """Build the configuration; raise ConfigError naming every invalid value.
+
+        `api_available` tells whether the `api` backend can be used (boto3 installed).
+        """
         raw = _merge(environ, argv)
         problems: list[str] = []
-        p = _Parser(raw, problems)
-
-        host = p.text("HOST", "127.0.0.1")
-        port = p.integer("PORT", 31680, 0, 65535)  # 0: any free port, logged at start
-        backend_choice = p.choice("BACKEND", "auto", BACKENDS)
-        expires_minutes = p.integer("EXPIRES_MINUTES", 60, 1, 2880)
-        grace = p.number("IDLE_GRACE_SECONDS", 10.0, 0.0, 86400.0)
-        drain = p.number("DRAIN_TIMEOUT_SECONDS", 120.0, 0.0, 86400.0)
-        token = p.text("TOKEN", "") or None
-        log_format = p.choice("LOG_FORMAT", "json", LOG_FORMATS)
-        log_level = p.choice("LOG_LEVEL", "info", LOG_LEVELS)
-        cap = p.optional_number("MAX_PROTECTED_SECONDS", 60.0, 31_536_000.0)
-        max_leases = p.integer("MAX_LEASES", 10000, 1, 1_000_000)
-        cluster = p.text("CLUSTER", "") or None
-        task_arn = p.text("TASK_ARN", "") or None
-        metadata_poll = p.number("METADATA_POLL_SECONDS", 5.0, 0.0, 3600.0)
-
+        values: dict[str, Any] = {
+            field: _parse(spec, raw.get(spec.name), default, problems)
+            for field, spec, default in declared()
+        }
         agent_uri = environ.get("ECS_AGENT_URI") or None
         metadata_uri = environ.get("ECS_CONTAINER_METADATA_URI_V4") or None
+        backend, reason = _resolve_backend(
+            values["backend_choice"], agent_uri, metadata_uri, api_available, problems
+        )
+        config = cls(
+            **values,
+            backend=backend,
+            backend_reason=reason,
+            agent_uri=agent_uri,
+            metadata_uri=metadata_uri,
+        )
+        problems.extend(config._conflicts())
+        if problems:
+            raise ConfigError(problems)
+        return config
 
-        backend: BackendName = "local"
-        if backend_choice == "auto":
-            backend = "agent" if agent_uri else "local"
-        elif backend_choice == "agent" and not agent_uri:
-            problems.append(
-                "TASK_PROTECTION_BACKEND=agent needs ECS_AGENT_URI, which the ECS agent sets "
-                "in every container of a task (agent 1.65.0 or newer)"
-            )
-        elif backend_choice in ("agent", "api", "local"):
-            backend = backend_choice  # type: ignore[assignment]
-
-        if backend == "api" and not (cluster and task_arn) and not metadata_uri:
-            problems.append(
+    def _conflicts(self) -> Iterator[str]:
+        """Problems of settings taken together."""
+        if self.backend == "api" and not (self.cluster and self.task_arn) and not self.metadata_uri:
+            yield (
                 "TASK_PROTECTION_BACKEND=api needs the task's identity: "
                 "ECS_CONTAINER_METADATA_URI_V4 (set by ECS) or both TASK_PROTECTION_CLUSTER "
                 "and TASK_PROTECTION_TASK_ARN"
             )
-        if not _is_loopback(host) and not token:
-            problems.append(
-                f"TASK_PROTECTION_HOST={host!r} is not a loopback address: set "
+        if not _is_loopback(self.host) and not self.token:
+            yield (
+                f"TASK_PROTECTION_HOST={self.host!r} is not a loopback address: set "
                 "TASK_PROTECTION_TOKEN so that only holders of the token can change protection"
             )
-        if token is not None and (len(token) < 16 or not token.isprintable()):
-            problems.append("TASK_PROTECTION_TOKEN: must be at least 16 printable characters")
-
-        if problems:
-            raise ConfigError(problems)
-        return cls(
-            host=host,
-            port=port,
-            backend=backend,
-            expires_minutes=expires_minutes,
-            idle_grace_seconds=grace,
-            drain_timeout_seconds=drain,
-            token=token,
-            log_format=log_format,  # type: ignore[arg-type]
-            log_level=log_level,
-            max_protected_seconds=cap,
-            max_leases=max_leases,
-            agent_uri=agent_uri,
-            metadata_uri=metadata_uri,
-            cluster=cluster,
-            task_arn=task_arn,
-            metadata_poll_seconds=metadata_poll,
-        )
+        token = self.token
+        if token is not None and (
+            len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token
+        ):
+            yield (
+                "TASK_PROTECTION_TOKEN: must be at least 16 printable ASCII characters without "
+                "spaces (it travels in an HTTP header)"
+            )
 
     def describe(self) -> dict[str, object]:
-        """The effective configuration for the start-up log line; the token is never shown."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "backend": self.backend,
-            "expires_minutes": self.expires_minutes,
-            "idle_grace_seconds": self.idle_grace_seconds,
-            "drain_timeout_seconds": self.drain_timeout_seconds,
-            "token": "set" if self.token else "unset",
-            "log_format": self.log_format,
-            "max_protected_seconds": self.max_protected_seconds,
-            "max_leases": self.max_leases,
-            "agent_uri": self.agent_uri,
-            "metadata_uri": self.metadata_uri,
-            "stop_detection": bool(self.metadata_uri and self.metadata_poll_seconds),
-            "cluster": self.cluster,
-            "task_arn": self.task_arn,
-        }
+        """The effective configuration for the start-up log line; secrets are never shown."""
+        described: dict[str, object] = {}
+        for field, spec, _ in declared():
+            value = getattr(self, field)
+            if spec.secret:
+                value = "set" if value else "unset"
+            described[spec.name.lower()] = value
+        described.update(
+            backend=self.backend,
+            backend_reason=self.backend_reason,
+            agent_uri=self.agent_uri,
+            metadata_uri=self.metadata_uri,
+            stop_detection=bool(self.metadata_uri and self.metadata_poll_seconds),
+        )
+        return described
 
 
-# Flag name -> variable suffix. Flags are spelled like the variables, lower case with dashes.
-_FLAGS = {
-    "host": "HOST",
-    "port": "PORT",
-    "backend": "BACKEND",
-    "expires_minutes": "EXPIRES_MINUTES",
-    "idle_grace_seconds": "IDLE_GRACE_SECONDS",
-    "drain_timeout_seconds": "DRAIN_TIMEOUT_SECONDS",
-    "token": "TOKEN",
-    "log_format": "LOG_FORMAT",
-    "log_level": "LOG_LEVEL",
-    "max_protected_seconds": "MAX_PROTECTED_SECONDS",
-    "max_leases": "MAX_LEASES",
-    "cluster": "CLUSTER",
-    "task_arn": "TASK_ARN",
-    "metadata_poll_seconds": "METADATA_POLL_SECONDS",
-}
+def declared() -> Iterator[tuple[str, Setting, Any]]:
+    """(field name, Setting, default) for every setting of Config, in declaration order."""
+    for field in dataclasses.fields(Config):
+        spec = field.metadata.get("setting")
+        if spec is not None:
+            name = spec["name"] or field.name.upper()
+            yield field.name, Setting(**{**spec, "name": name}), field.default
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -168,26 +260,140 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "Keep this ECS task's scale-in protection on while the app holds a lease; "
             "drain on SIGTERM. Every flag mirrors a TASK_PROTECTION_* variable and wins over it."
         ),
+        allow_abbrev=False,  # `--po 5` must not quietly mean --port
     )
-    for dest, suffix in _FLAGS.items():
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    for _, spec, default in declared():
         parser.add_argument(
-            "--" + dest.replace("_", "-"),
-            dest=dest,
-            metavar=suffix,
-            help=f"overrides TASK_PROTECTION_{suffix}",
+            spec.flag,
+            dest=spec.name,
+            metavar=spec.name,
+            help=f"{spec.help}. {spec.allowed()}; default {_shown(default)} ({spec.env})",
         )
     return parser
 
 
+def settings_table() -> str:
+    """The README's configuration table, from the declarations."""
+    rows = ["| variable | flag | default | allowed | what |", "|---|---|---|---|---|"]
+    for _, spec, default in declared():
+        shown = _shown(default)
+        shown = shown if default is None else f"`{shown}`"
+        rows.append(f"| `{spec.env}` | `{spec.flag}` | {shown} | {spec.allowed()} | {spec.help} |")
+    return "\n".join(rows)
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    return _plain(default) if isinstance(default, float) else str(default)
+
+
+def _plain(number: float) -> str:
+    """31536000, not 3.1536e+07; 0.5 stays 0.5."""
+    return str(int(number)) if number == int(number) else f"{number}"
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("ecs-protection-sidecar")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
+
+
 def _merge(environ: Mapping[str, str], argv: Sequence[str]) -> dict[str, str]:
-    raw = {
-        suffix: environ[f"TASK_PROTECTION_{suffix}"]
-        for suffix in _FLAGS.values()
-        if f"TASK_PROTECTION_{suffix}" in environ
-    }
+    """Raw values by setting name: the variables, then the flags over them."""
+    names = [spec.name for _, spec, _ in declared()]
+    raw = {name: environ[PREFIX + name] for name in names if PREFIX + name in environ}
     flags = vars(build_arg_parser().parse_args(list(argv)))
-    raw.update({_FLAGS[k]: v for k, v in flags.items() if v is not None})
+    raw.update({name: value for name, value in flags.items() if value is not None})
     return raw
+
+
+# Decimal notation only: int() and float() would also take `1_000`, ` +5`, `inf`, `1e400`.
+_INTEGER = re.compile(r"[0-9]{1,12}")
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
+def _parse(spec: Setting, raw: str | None, default: object, problems: list[str]) -> object:
+    """One setting's value; a problem recorded (and the default kept) when it is bad."""
+    if raw is None:
+        return default
+    value = raw.strip()
+    if spec.optional and not value:
+        return None
+    if spec.kind == "text":
+        return value or default
+    converted = _convert(spec, value)
+    if converted is None:
+        problems.append(f"{spec.env}={value!r}: expected {spec.allowed()}")
+        return default
+    return converted
+
+
+def _convert(spec: Setting, value: str) -> str | float | None:
+    """A choice, integer or number of seconds within its bounds, or None."""
+    if spec.kind == "choice":
+        return value.lower() if value.lower() in spec.choices else None
+    if spec.kind == "integer":
+        number: float = int(value) if _INTEGER.fullmatch(value) else -1
+        return int(number) if spec.low <= number <= spec.high else None
+    number = float(value) if _NUMBER.fullmatch(value) else -1.0
+    return number if number == spec.off or spec.low <= number <= spec.high else None
+
+
+def _resolve_backend(
+    choice: str,
+    agent_uri: str | None,
+    metadata_uri: str | None,
+    api_available: Callable[[], bool],
+    problems: list[str],
+) -> tuple[BackendName, str]:
+    """The backend to use and why. Never the simulation on ECS."""
+    if choice == "auto":
+        return _auto_backend(agent_uri, metadata_uri, api_available, problems)
+    if choice == "agent" and not agent_uri:
+        problems.append(
+            "TASK_PROTECTION_BACKEND=agent needs ECS_AGENT_URI, which the ECS agent sets "
+            "in every container of a task (agent 1.65.0 or newer)"
+        )
+        return "local", "unusable"
+    if choice == "local" and metadata_uri:
+        problems.append(
+            "TASK_PROTECTION_BACKEND=local only simulates protection, but "
+            "ECS_CONTAINER_METADATA_URI_V4 is set: this runs on ECS, where the simulation "
+            "would tell the app it is protected while ECS is not. Use agent or api"
+        )
+        return "local", "unusable"
+    named: dict[str, BackendName] = {"agent": "agent", "api": "api", "local": "local"}
+    return named.get(choice, "local"), f"TASK_PROTECTION_BACKEND={choice}"
+
+
+def _auto_backend(
+    agent_uri: str | None,
+    metadata_uri: str | None,
+    api_available: Callable[[], bool],
+    problems: list[str],
+) -> tuple[BackendName, str]:
+    if agent_uri:
+        return "agent", "auto: ECS_AGENT_URI is set"
+    if not metadata_uri:
+        return "local", "auto: not on ECS (no ECS_AGENT_URI, no ECS_CONTAINER_METADATA_URI_V4)"
+    # On ECS (the metadata endpoint is set) without ECS_AGENT_URI: an agent older than
+    # 1.65.0. The ECS API works there too, with the same task role permissions.
+    if api_available():
+        return "api", "auto: on ECS without ECS_AGENT_URI (ECS agent older than 1.65.0)"
+    problems.append(
+        "TASK_PROTECTION_BACKEND=auto: this runs on ECS (ECS_CONTAINER_METADATA_URI_V4 is "
+        "set) but ECS_AGENT_URI is not, so the ECS agent is older than 1.65.0 and has no "
+        "task protection endpoint, and boto3 for the api backend is not installed: update "
+        "the ECS agent, or use the image with the api backend (ecs-protection-sidecar[api])"
+    )
+    return "local", "unusable"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _is_loopback(host: str) -> bool:
@@ -197,55 +403,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class _Parser:
-    """Reads raw strings, records a problem per bad value, returns the default for it."""
-
-    def __init__(self, raw: Mapping[str, str], problems: list[str]) -> None:
-        self._raw = raw
-        self._problems = problems
-
-    def _bad(self, suffix: str, value: str, expected: str) -> None:
-        self._problems.append(f"TASK_PROTECTION_{suffix}={value!r}: expected {expected}")
-
-    def text(self, suffix: str, default: str) -> str:
-        return self._raw.get(suffix, default).strip()
-
-    def choice(self, suffix: str, default: str, allowed: Sequence[str]) -> str:
-        value = self._raw.get(suffix, default).strip().lower()
-        if value not in allowed:
-            self._bad(suffix, value, "one of " + ", ".join(allowed))
-            return default
-        return value
-
-    def integer(self, suffix: str, default: int, low: int, high: int) -> int:
-        if suffix not in self._raw:
-            return default
-        value = self._raw[suffix].strip()
-        try:
-            parsed = int(value)
-        except ValueError:
-            parsed = low - 1
-        if not low <= parsed <= high:
-            self._bad(suffix, value, f"an integer from {low} to {high}")
-            return default
-        return parsed
-
-    def number(self, suffix: str, default: float, low: float, high: float) -> float:
-        if suffix not in self._raw:
-            return default
-        value = self._raw[suffix].strip()
-        try:
-            parsed = float(value)
-        except ValueError:
-            parsed = math.nan
-        if not low <= parsed <= high:  # also rejects nan
-            self._bad(suffix, value, f"a number of seconds from {low:g} to {high:g}")
-            return default
-        return parsed
-
-    def optional_number(self, suffix: str, low: float, high: float) -> float | None:
-        if not self._raw.get(suffix, "").strip():
-            return None
-        return self.number(suffix, low, low, high)

@@ -8,7 +8,7 @@ import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sidecar.reconciler import Reconciler
+    from sidecar.service import ProtectionService
 
 log = logging.getLogger("sidecar.drain")
 
@@ -16,8 +16,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class SignalDrain:
-    def __init__(self, reconciler: Reconciler, timeout: float) -> None:
-        self._reconciler = reconciler
+    def __init__(self, service: ProtectionService, timeout: float) -> None:
+        self._service = service
         self._timeout = timeout
         self._received = 0
 
@@ -33,25 +33,23 @@ class SignalDrain:
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        machine = self._reconciler.machine
         self._received += 1
         if self._received > 1:
-            held = len(machine.leases)
+            held = self._service.lease_count
             log.warning(
                 "%s again: exiting now with %d lease(s) held",
                 name,
                 held,
                 extra={"signal": name, "leases": held},
             )
-            self._reconciler.force_exit(128 + signum, f"second {name}")
+            self._service.force_exit(128 + signum, f"second {name}")
             return
+        held = self._service.drain(exit_when_idle=True, timeout=self._timeout)
         log.warning(
             "%s: draining; new leases are refused, exiting when the last of %d lease(s) "
             "is released or after %gs",
             name,
-            len(machine.leases),
+            held,
             self._timeout,
-            extra={"signal": name, "leases": len(machine.leases)},
+            extra={"signal": name, "leases": held},
         )
-        machine.start_drain(self._timeout)
-        self._reconciler.wake()

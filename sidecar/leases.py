@@ -64,10 +64,32 @@ class LeaseTable:
             lease.generation = self._generation
         if expires is not None:
             heapq.heappush(self._heap, (expires, self._generation, lease_id))
+            self._compact()
         return created
+
+    def _compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones.
+
+        Entries are only popped from the top, so one long-lived lease at the top keeps
+        every refresh of the others below it: without this, memory grows with every
+        heartbeat. Rebuilding at twice the live size keeps it O(1) amortised.
+        """
+        if len(self._heap) <= 2 * len(self._leases) + 64:
+            return
+        self._heap = [
+            (lease.expires, lease.generation, lease.id)
+            for lease in self._leases.values()
+            if lease.expires is not None
+        ]
+        heapq.heapify(self._heap)
 
     def release(self, lease_id: str) -> bool:
         return self._leases.pop(lease_id, None) is not None
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the expiry heap, stale ones included (bounded by _compact)."""
+        return len(self._heap)
 
     def clear(self) -> int:
         count = len(self._leases)

@@ -7,6 +7,10 @@ moment, or exit. The asyncio shell (reconciler.py) runs the action and polls aga
 Because `poll()` is the only place that starts a call, and it never starts one while
 another is in flight, calls coalesce by construction: whatever happened meanwhile is
 folded into the state, and the next poll acts on the latest desire only.
+
+The state is in three parts: `belief` (what ECS has, as far as answers tell), `retry`
+(the current run of failures) and `drain`. Events and `poll()` change them; the
+queries and `_desired()` only read them.
 """
 
 from __future__ import annotations
@@ -70,8 +74,16 @@ class Policy:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     slow_retry: float = 60.0
+    # Answers that are usually permanent but sometimes clear in seconds (the agent's 403
+    # right after it restarted): retried from `ramp_base`, at most every `ramp_hold`
+    # seconds during the first `ramp_window` of the failure, then slowing to slow_retry.
+    ramp_base: float = 1.0
+    ramp_hold: float = 8.0
+    ramp_window: float = 60.0
     # Floor between two renewals, so a backend that returns an expiry in the past
-    # (or a wall clock far off) cannot make the sidecar renew in a tight loop.
+    # (or a wall clock far off) cannot make the sidecar renew in a tight loop. An
+    # expiry still ahead but closer than twice this is renewed half-way to it instead:
+    # the floor must never push a renewal past the expiry.
     min_renew_gap: float = 10.0
 
     @property
@@ -109,6 +121,50 @@ class Counters:
         return sum(self.calls.values())
 
 
+@dataclass(slots=True)
+class Belief:
+    """What ECS has, as far as the backend's answers tell."""
+
+    known: bool = False  # read, set or confirmed since start or the last lost answer
+    # A change call's answer was lost (timeout, dropped connection, 5xx): ECS may be
+    # protected although nothing confirmed it, so "off" must be re-established.
+    uncertain: bool = False
+    on: bool = False  # confirmed on (until `expires`)
+    expires: float | None = None  # monotonic
+    expires_wall: float | None = None  # as the backend returned it, for people
+    renew_at: float | None = None
+    # No enable before this: set by each confirmed enable, so that a backend that
+    # answers with an expiry already past cannot make the machine call in a loop.
+    enable_floor: float | None = None
+    since: float | None = None  # continuously protected since (for the cap)
+    capped: bool = False  # the cap was reached in this busy period: no more renewals
+
+    def off(self) -> None:
+        self.on = False
+        self.expires = self.expires_wall = self.renew_at = self.since = None
+
+
+@dataclass(slots=True)
+class Retry:
+    """The current run of failed calls."""
+
+    failures: int = 0  # consecutive
+    failing_since: float | None = None
+    at: float | None = None  # no call before this
+    last_error: ErrorInfo | None = None
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.failing_since = self.at = self.last_error = None
+
+
+@dataclass(slots=True)
+class Drain:
+    draining: bool = False  # new leases are refused
+    exit_when_idle: bool = False  # SIGTERM: exit once no lease is held
+    deadline: float | None = None  # ... or at this moment at the latest
+
+
 class Machine:
     """Decides when to enable, renew and disable protection, and when to exit."""
 
@@ -122,35 +178,20 @@ class Machine:
         self.policy = policy
         self.leases = leases
         self.counters = Counters()
+        self.belief = Belief()
+        self.retry = Retry()
+        self.drain = Drain()
+        self.idle_since: float | None = clock.monotonic()  # nobody is busy at start
+        self.inflight: Call | None = None
+        self._call_started = clock.monotonic()
         self._clock = clock
         self._rand = rand
-
-        now = clock.monotonic()
-        self.known = False  # whether the backend's state has been read or set yet
-        self.protected_flag = False  # the last confirmed state
-        self.expires: float | None = None  # monotonic
-        self.expires_wall: float | None = None  # as the backend returned it
-        self.renew_at: float | None = None
-        # No enable before this: set by each confirmed enable, so that a backend that
-        # answers with an expiry already past cannot make the machine call in a loop.
-        self.enable_floor: float | None = None
-        self.protected_since: float | None = None
-        self.capped = False
-        self.idle_since: float | None = now  # nobody is busy at start
-        self.inflight: Call | None = None
-        self._call_started = now
-        self.failures = 0  # consecutive
-        self.retry_at: float | None = None
-        self.last_error: ErrorInfo | None = None
-        self.draining = False
-        self.exit_when_idle = False
-        self.drain_deadline: float | None = None
 
     # ---- events -------------------------------------------------------------
 
     def acquire(self, lease_id: str, ttl: float | None) -> bool:
         """Take or refresh a lease; True when new. Raises DrainingError, TooManyLeasesError."""
-        if self.draining and lease_id not in self.leases:
+        if self.drain.draining and lease_id not in self.leases:
             raise DrainingError(lease_id)
         created = self.leases.acquire(lease_id, ttl, self._clock.monotonic(), self._clock.wall())
         self.idle_since = None
@@ -158,77 +199,74 @@ class Machine:
 
     def release(self, lease_id: str) -> bool:
         released = self.leases.release(lease_id)
-        self._note_if_idle()
+        self._note_if_idle(self._clock.monotonic())
         return released
 
     def release_all(self) -> int:
         count = self.leases.clear()
-        self._note_if_idle()
+        self._note_if_idle(self._clock.monotonic())
         return count
 
     def start_drain(self, timeout: float | None, *, exit_when_idle: bool = True) -> None:
         """Refuse new leases; with exit_when_idle, poll() exits once none is held."""
-        self.draining = True
-        if exit_when_idle and not self.exit_when_idle:
-            self.exit_when_idle = True
+        drain = self.drain
+        drain.draining = True
+        if exit_when_idle and not drain.exit_when_idle:
+            drain.exit_when_idle = True
             if timeout is not None:
-                self.drain_deadline = self._clock.monotonic() + timeout
+                drain.deadline = self._clock.monotonic() + timeout
 
     def on_success(self, call: Call, protection: Protection) -> None:
+        """A confirmed answer. The backend has checked it (an enable answered 'on')."""
         now = self._clock.monotonic()
+        belief = self.belief
         self.inflight = None
-        if call.op is Op.ENABLE and not protection.enabled:
-            self.on_failure(
-                call,
-                BackendError(
-                    "NotProtected",
-                    "the backend answered an enable with protection off",
-                    retryable=False,
-                ),
-            )
-            return
         self.counters.count(call.op, "ok")
-        self.failures = 0
-        self.retry_at = None
-        self.last_error = None
-        self.known = True
+        self.retry.reset()
+        belief.known = True
+        belief.uncertain = False
         if not protection.enabled:
-            if self.protected_flag:
+            if belief.on:
                 log.info("protection disabled", extra={"op": call.op.value})
-            self._clear_protection()
-            self.enable_floor = None
+            belief.off()
+            belief.enable_floor = None
             return
 
-        wall_now = self._clock.wall()
-        if protection.expires_at is None:
+        if protection.remaining is not None:
+            # By the server's own clock: a wrong local wall clock cannot distort it.
+            expires = now + protection.remaining
+        elif protection.expires_at is not None:
+            expires = now + (protection.expires_at.timestamp() - self._clock.wall())
+        else:
             # ECS always sends a date with protection on; without one, renew as if the
             # requested period had been granted from the moment the call started.
             expires = self._call_started + self.policy.period
-        else:
-            expires = now + (protection.expires_at.timestamp() - wall_now)
-            if call.op is Op.ENABLE:
-                # ECS cannot grant more than was asked from when the call started:
-                # this guards against a local clock behind ECS's.
-                expires = min(expires, self._call_started + call.expires_minutes * 60.0)
-        was_protected = self.protected_flag
-        self.protected_flag = True
-        self.expires = expires
-        self.expires_wall = (
-            protection.expires_at.timestamp() if protection.expires_at else wall_now + expires - now
-        )
-        self.renew_at = max(expires - self.policy.renew_margin, now + self.policy.min_renew_gap)
         if call.op is Op.ENABLE:
-            self.enable_floor = now + self.policy.min_renew_gap
-        if self.protected_since is None:
-            self.protected_since = now
+            # ECS cannot grant more than was asked from when the call started: this
+            # guards against a clock (ours or the server's) that disagrees with ECS.
+            expires = min(expires, self._call_started + call.expires_minutes * 60.0)
+        was_on = belief.on
+        belief.on = True
+        belief.expires = expires
+        belief.expires_wall = (
+            protection.expires_at.timestamp()
+            if protection.expires_at
+            else self._clock.wall() + expires - now
+        )
+        belief.renew_at = self._renewal_time(now, expires)
+        if call.op is Op.ENABLE:
+            belief.enable_floor = belief.renew_at
+        if belief.since is None:
+            belief.since = now
         log.info(
             "protection %s",
-            "renewed" if was_protected else "enabled",
+            "renewed" if was_on else "enabled",
             extra={"op": call.op.value, "expires_in_s": round(expires - now, 1)},
         )
 
     def on_failure(self, call: Call, error: BackendError) -> None:
         now = self._clock.monotonic()
+        retry = self.retry
         self.inflight = None
         self.counters.count(
             call.op,
@@ -238,21 +276,20 @@ class Machine:
             if error.retryable
             else "error",
         )
-        self.failures += 1
-        if error.retryable:
-            delay = min(
-                self.policy.backoff_cap, self.policy.backoff_base * 2 ** min(self.failures - 1, 30)
-            )
-        else:
-            delay = self.policy.slow_retry
-        delay = delay / 2 + self._rand() * delay / 2  # equal jitter: spread, yet bounded below
-        self.retry_at = now + delay
+        retry.failures += 1
+        if retry.failing_since is None:
+            retry.failing_since = now
+        delay = self._retry_delay(now, error)
+        retry.at = now + delay
         if isinstance(error, ProtectionRefusedError) and call.op is Op.GET:
             # The agent answers GET with a failure for tasks ECS cannot protect:
             # such a task is certainly not protected now.
-            self.known = True
-            self._clear_protection()
-        self.last_error = ErrorInfo(
+            self.belief.known = True
+            self.belief.uncertain = False
+            self.belief.off()
+        if error.uncertain:
+            self._outcome_unknown(call)
+        retry.last_error = ErrorInfo(
             call.op.value,
             error.code,
             error.message,
@@ -260,9 +297,11 @@ class Machine:
             self._clock.wall(),
             round(delay, 3),
         )
-        log_at = logging.WARNING if error.retryable else logging.ERROR
+        persistent = not error.retryable and not (
+            error.maybe_transient and now - retry.failing_since < self.policy.ramp_window
+        )
         log.log(
-            log_at,
+            logging.ERROR if persistent else logging.WARNING,
             "backend %s failed: %s: %s; next try in %.1fs",
             call.op.value,
             error.code,
@@ -273,7 +312,8 @@ class Machine:
                 "code": error.code,
                 "status": error.status,
                 "retryable": error.retryable,
-                "attempt": self.failures,
+                "uncertain": error.uncertain,
+                "attempt": retry.failures,
             },
         )
 
@@ -281,6 +321,35 @@ class Machine:
 
     def poll(self) -> Action:
         now = self._clock.monotonic()
+        self._observe(now)
+        drain = self.drain
+        if drain.draining and drain.exit_when_idle:
+            if not self.leases:
+                return Exit(EXIT_DRAINED, "drained: no lease held")
+            if drain.deadline is not None and now >= drain.deadline:
+                held = [lease.id for lease in self.leases.leases()]
+                return Exit(
+                    EXIT_DRAIN_TIMEOUT,
+                    f"drain timeout with {len(held)} lease(s) held: {', '.join(held[:20])}",
+                )
+
+        timers = [self.leases.next_expiry(), drain.deadline]
+        if self.inflight is not None:
+            return Wait(_earliest(timers))
+
+        call, wake = self._desired(now)
+        if call is not None and self.retry.at is not None and now < self.retry.at:
+            call, wake = None, self.retry.at
+        if call is not None:
+            if self.retry.failures:
+                self.counters.retries += 1
+            self.inflight = call
+            self._call_started = now
+            return call
+        return Wait(_earliest([*timers, wake]))
+
+    def _observe(self, now: float) -> None:
+        """What the passing of time changed: leases and protection expired, the cap."""
         expired = self.leases.expire(now)
         if expired:
             self.counters.leases_expired += len(expired)
@@ -291,115 +360,166 @@ class Machine:
                 extra={"leases_expired": len(expired)},
             )
             self._note_if_idle(now)
-
-        if self.draining and self.exit_when_idle:
-            if not self.leases:
-                return Exit(EXIT_DRAINED, "drained: no lease held")
-            if self.drain_deadline is not None and now >= self.drain_deadline:
-                held = [lease.id for lease in self.leases.leases()]
-                return Exit(
-                    EXIT_DRAIN_TIMEOUT,
-                    f"drain timeout with {len(held)} lease(s) held: {', '.join(held[:20])}",
-                )
-
-        timers = [self.leases.next_expiry(), self.drain_deadline]
-        if self.inflight is not None:
-            return Wait(_earliest(timers))
-
-        call, wake = self._desired(now)
-        if call is not None and self.retry_at is not None and now < self.retry_at:
-            call, wake = None, self.retry_at
-        if call is not None:
-            if self.failures:
-                self.counters.retries += 1
-            self.inflight = call
-            self._call_started = now
-            return call
-        return Wait(_earliest([*timers, wake]))
-
-    def _desired(self, now: float) -> tuple[Call | None, float | None]:  # noqa: PLR0911
-        """The call the state needs now, or when to look again."""
-        if self.protected_flag and self.expires is not None and self.expires <= now:
+        belief = self.belief
+        if belief.on and belief.expires is not None and belief.expires <= now:
             log.warning("protection expired", extra={"busy": bool(self.leases)})
-            self._clear_protection()
-
-        if self.leases:
-            if self.enable_floor is not None and now < self.enable_floor:
-                return None, self.enable_floor
-            if not self.protected_flag or self.renew_at is None or now >= self.renew_at:
-                minutes = self._enable_minutes(now)
-                if minutes is None:
-                    return None, None
-                return Call(Op.ENABLE, minutes), None
-            return None, self.renew_at
-
-        if self.capped:
-            self.capped = False
-        if not self.known:
-            return Call(Op.GET), None
-        if self.protected_flag:
-            grace_end = (self.idle_since if self.idle_since is not None else now) + (
-                self.policy.idle_grace
-            )
-            if now >= grace_end:
-                return Call(Op.DISABLE), None
-            return None, min(grace_end, self.expires) if self.expires else grace_end
-        return None, None
-
-    def _enable_minutes(self, now: float) -> int | None:
-        """Minutes to ask for: the period, cut short so protection ends at the cap.
-
-        None once the cap is reached. The last renewal before the cap asks for just the
-        minutes left, and no renewal is made inside the final margin, so protection
-        ends close to `protected_since + max_protected`, not a whole period later.
-        """
-        period = self.policy.expires_minutes
-        cap = self.policy.max_protected
-        if self.capped:
-            return None
-        if cap is None:
-            return period
-        since = now if self.protected_since is None else self.protected_since
-        left = since + cap - now
-        if self.protected_since is not None and left <= self.policy.renew_margin:
-            self.capped = True
+            belief.off()
+        if not self.leases:
+            belief.capped = False  # the cap counts one busy period
+        elif self._cap_reached(now):
+            belief.capped = True
+            assert belief.since is not None  # noqa: S101  (_cap_reached checks it)
             log.warning(
                 "protected continuously for %.0fs (TASK_PROTECTION_MAX_PROTECTED_SECONDS="
                 "%g): not renewing, so deployments and scale-in are no longer blocked",
-                now - self.protected_since,
-                cap,
+                now - belief.since,
+                self.policy.max_protected,
                 extra={"leases": len(self.leases)},
             )
-            return None
-        return max(1, min(period, math.ceil(left / 60.0)))
+
+    def _cap_reached(self, now: float) -> bool:
+        """Whether protection has lasted so long that the final margin of the cap is here:
+        no renewal is made inside it, so protection ends close to since + cap."""
+        belief, cap = self.belief, self.policy.max_protected
+        if cap is None or belief.capped or belief.since is None:
+            return False
+        return belief.since + cap - now <= self.policy.renew_margin
+
+    def _desired(self, now: float) -> tuple[Call | None, float | None]:
+        """The call the state needs now, or when to look again."""
+        return self._while_busy(now) if self.leases else self._while_idle(now)
+
+    def _while_busy(self, now: float) -> tuple[Call | None, float | None]:
+        belief = self.belief
+        if belief.enable_floor is not None and now < belief.enable_floor:
+            return None, belief.enable_floor
+        if belief.on and belief.renew_at is not None and now < belief.renew_at:
+            return None, belief.renew_at
+        if belief.capped:
+            return None, None
+        return Call(Op.ENABLE, self._enable_minutes(now)), None
+
+    def _while_idle(self, now: float) -> tuple[Call | None, float | None]:
+        belief = self.belief
+        if not belief.known and not belief.uncertain:
+            return Call(Op.GET), None  # start-up: adopt whatever protection is in force
+        if not belief.on and not belief.uncertain:
+            return None, None
+        # On, or maybe on after a lost answer: off once the grace has passed. An explicit
+        # disable settles an unknown state in one call, whichever way the lost call went.
+        idle_since = self.idle_since if self.idle_since is not None else now
+        grace_end = idle_since + self.policy.idle_grace
+        if now >= grace_end:
+            return Call(Op.DISABLE), None
+        return None, min(grace_end, belief.expires) if belief.expires else grace_end
+
+    def _enable_minutes(self, now: float) -> int:
+        """Minutes to ask for: the period, cut short so that protection ends at the cap."""
+        period, cap = self.policy.expires_minutes, self.policy.max_protected
+        if cap is None:
+            return period
+        since = now if self.belief.since is None else self.belief.since
+        return max(1, min(period, math.ceil((since + cap - now) / 60.0)))
+
+    def _renewal_time(self, now: float, expires: float) -> float:
+        """When to renew an expiry: a margin before it, never sooner than the floor, and
+        never after it while it is still ahead."""
+        ahead = expires - now
+        gap = self.policy.min_renew_gap
+        if ahead <= 0:
+            return now + gap  # already past (a lying backend or clock): no tight loop
+        if ahead < 2 * gap:
+            return now + ahead / 2
+        return max(expires - self.policy.renew_margin, now + gap)
+
+    def _retry_delay(self, now: float, error: BackendError) -> float:
+        policy, retry = self.policy, self.retry
+        exponent = min(retry.failures - 1, 30)
+        if error.retryable:
+            delay = min(policy.backoff_cap, policy.backoff_base * 2.0**exponent)
+        elif error.maybe_transient:
+            delay = min(policy.slow_retry, policy.ramp_base * 2.0**exponent)
+            if retry.failing_since is not None and now - retry.failing_since < policy.ramp_window:
+                delay = min(delay, policy.ramp_hold)
+        else:
+            delay = policy.slow_retry
+        return delay / 2 + self._rand() * delay / 2  # equal jitter: spread, yet bounded below
+
+    def _outcome_unknown(self, call: Call) -> None:
+        """A change call may have reached ECS without an answer saying so."""
+        belief = self.belief
+        if call.op is Op.GET:
+            return  # a read changes nothing
+        if call.op is Op.ENABLE and belief.on and belief.expires is not None:
+            # A renewal: the old expiry holds if it did not land, and one that landed set
+            # at least start + period. Protection is certain until the earlier of the two.
+            belief.expires = min(belief.expires, self._call_started + call.expires_minutes * 60.0)
+            return
+        # A first enable may have turned protection on; a disable may not have turned it
+        # off. Either way nothing may be claimed, and "off" must be made certain.
+        log.warning(
+            "the outcome of the %s call is unknown: protection may be on or off until "
+            "the next call settles it",
+            call.op.value,
+            extra={"op": call.op.value},
+        )
+        belief.off()
+        belief.enable_floor = None
+        belief.known = False
+        belief.uncertain = True
+
+    def _note_if_idle(self, now: float) -> None:
+        if not self.leases and self.idle_since is None:
+            self.idle_since = now
 
     # ---- queries -------------------------------------------------------------
 
+    def confirmed_until(self) -> float | None:
+        """Until when (monotonic) ECS certainly has the task protected; None if not now.
+
+        A disable in flight may land at any moment, so nothing is certain during one. A
+        renewal in flight may shorten the expiry (the capped last renewal), so only the
+        earlier of the current expiry and what the renewal sets is certain.
+        """
+        belief = self.belief
+        if not belief.on or belief.expires is None:
+            return None
+        until = belief.expires
+        call = self.inflight
+        if call is not None:
+            if call.op is Op.DISABLE:
+                return None
+            if call.op is Op.ENABLE:
+                until = min(until, self._call_started + call.expires_minutes * 60.0)
+        return until if until > self._clock.monotonic() else None
+
     def protected(self) -> bool:
-        return (
-            self.protected_flag
-            and self.expires is not None
-            and self.expires > self._clock.monotonic()
-        )
+        return self.confirmed_until() is not None
+
+    def confirmed_until_wall(self) -> float | None:
+        """confirmed_until() as the backend's wall time, for people and `expires_at`."""
+        until = self.confirmed_until()
+        belief = self.belief
+        if until is None or belief.expires is None or belief.expires_wall is None:
+            return None
+        return belief.expires_wall - (belief.expires - until)
+
+    def state(self) -> str:
+        """'on' (confirmed), 'off' (known off) or 'unknown' (never read, a lost answer,
+        or a disable in flight)."""
+        if self.protected():
+            return "on"
+        disabling = self.inflight is not None and self.inflight.op is Op.DISABLE
+        if not self.belief.known or disabling:
+            return "unknown"
+        return "off"
 
     def gives_up_before(self, deadline: float) -> bool:
         """Whether protection cannot come before `deadline`: no call will be tried by then."""
-        if self.capped:
+        if self.belief.capped:
             return True
-        return self.inflight is None and self.retry_at is not None and self.retry_at >= deadline
-
-    # ---- internals ------------------------------------------------------------
-
-    def _clear_protection(self) -> None:
-        self.protected_flag = False
-        self.expires = None
-        self.expires_wall = None
-        self.renew_at = None
-        self.protected_since = None
-
-    def _note_if_idle(self, now: float | None = None) -> None:
-        if not self.leases and self.idle_since is None:
-            self.idle_since = self._clock.monotonic() if now is None else now
+        retry_at = self.retry.at
+        return self.inflight is None and retry_at is not None and retry_at >= deadline
 
 
 def _earliest(times: list[float | None]) -> float | None:

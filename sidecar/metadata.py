@@ -14,7 +14,7 @@ from sidecar.backends.base import BackendError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from sidecar.reconciler import Reconciler
+    from sidecar.service import ProtectionService
 
 log = logging.getLogger("sidecar.metadata")
 
@@ -85,12 +85,12 @@ class StopWatcher:
     def __init__(
         self,
         metadata_uri: str,
-        reconciler: Reconciler,
+        service: ProtectionService,
         interval: float,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._uri = metadata_uri
-        self._reconciler = reconciler
+        self._service = service
         self._interval = interval
         self._sleep = sleep
         self._failing = False
@@ -116,11 +116,9 @@ class StopWatcher:
         self._failing = False
         if doc.get("DesiredStatus") != "STOPPED":
             return False
-        machine = self._reconciler.machine
+        held = self._service.drain(exit_when_idle=False)
         log.warning(
             "the task is stopping (DesiredStatus STOPPED): draining, new leases are refused",
-            extra={"leases": len(machine.leases), "known_status": doc.get("KnownStatus")},
+            extra={"leases": held, "known_status": doc.get("KnownStatus")},
         )
-        machine.start_drain(None, exit_when_idle=False)
-        self._reconciler.wake()
         return True

@@ -57,7 +57,7 @@ def parse_empty(payload: bytes) -> None:
 
 
 def _object(payload: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if not payload.strip():
+    if not payload:  # no body at all; whitespace alone is not JSON
         return {}
     try:
         doc = json.loads(payload)
@@ -94,14 +94,18 @@ def _number(  # noqa: PLR0913  (one call site per field reads best with keywords
 ) -> float | None:
     if name not in doc or doc[name] is None:
         return default
-    value = doc[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequestError(f"{name!r} must be a number, not {_kind(value)}", name)
+    raw = doc[name]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidRequestError(f"{name!r} must be a number, not {_kind(raw)}", name)
+    try:
+        value = float(raw)  # JSON integers have no size limit: 1 followed by 400 zeros
+    except OverflowError:
+        value = math.inf
     too_low = value < low or (value == low and not low_inclusive)
     if not math.isfinite(value) or too_low or value > high:
         bound = ">=" if low_inclusive else ">"
         raise InvalidRequestError(f"{name!r} must be {bound} {low:g} and <= {high:g} seconds", name)
-    return float(value)
+    return value
 
 
 def _kind(value: object) -> str:

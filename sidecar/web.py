@@ -1,64 +1,44 @@
-"""The HTTP API (DESIGN.md, "Sidecar HTTP API v1"): routes, validation, errors, auth."""
+"""The HTTP API (sidecar/openapi.json; README "HTTP API"): routes, validation, errors, auth."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.clock import rfc3339
-from sidecar.leases import TooManyLeasesError
-from sidecar.machine import DrainingError
-from sidecar.metrics import MachineCollector
+from sidecar.errors import ApiError, error_response
+from sidecar.metrics import StateCollector
 from sidecar.validation import InvalidRequestError, parse_busy, parse_empty, parse_idle
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from sidecar.clock import Clock
-    from sidecar.reconciler import Reconciler
+    from sidecar.service import ProtectionService, View
 
 log = logging.getLogger("sidecar.web")
 
 MAX_BODY_BYTES = 64 * 1024
+# Bodies are tiny; one that trickles in for longer is a stuck or hostile client.
+BODY_TIMEOUT_SECONDS = 10.0
+STATE_LEASES = 100  # leases listed in GET /state (the oldest); lease_count counts them all
 # The API's description, kept beside the code it describes and tested against it.
 OPENAPI = (resources.files("sidecar") / "openapi.json").read_bytes()
 
 # aiohttp's own HTTP errors, under the codes the API documents.
 _HTTP_CODES = {
+    400: "BadRequest",
     401: "Unauthorized",
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
 }
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, extra: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra or {}
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    extra: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if extra:
-        body.update(extra)
-    return web.json_response(body, status=status, headers=headers)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -75,16 +55,13 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 class Api:
-    def __init__(
-        self, reconciler: Reconciler, clock: Clock, backend_name: str, token: str | None
-    ) -> None:
-        self.reconciler = reconciler
-        self.machine = reconciler.machine
-        self.clock = clock
-        self.backend_name = backend_name
+    """HTTP in, one service verb, the outcome mapped to an answer."""
+
+    def __init__(self, service: ProtectionService, token: str | None) -> None:
+        self.service = service
         self._token = token.encode() if token else None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(MachineCollector(self.machine, clock))
+        self.registry.register(StateCollector(lambda: service.snapshot(lease_limit=0)))
 
     @web.middleware
     async def middleware(
@@ -97,11 +74,10 @@ class Api:
                 self._authorize(request)
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.extra)
+            return error_response(exc.status, exc.code, exc.message, exc.extra, field=exc.field)
         except InvalidRequestError as exc:
             message = str(exc) if exc.field is None else f"{exc} (field: {exc.field})"
-            extra = {"field": exc.field} if exc.field else None
-            return error_response(400, "InvalidRequest", message, extra)
+            return error_response(400, "InvalidRequest", message, field=exc.field)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -113,9 +89,13 @@ class Api:
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
+        # Tokens are printable ASCII (checked at start): anything else cannot match, and
+        # must not reach encode() (aiohttp keeps undecodable header bytes as surrogates).
         # compare_digest keeps the comparison time independent of where the strings differ.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self._token or b""
+        if (
+            scheme.lower() != "bearer"
+            or not presented.isascii()
+            or not hmac.compare_digest(presented.strip().encode(), self._token or b"")
         ):
             raise ApiError(
                 401,
@@ -124,90 +104,61 @@ class Api:
             )
 
     async def busy(self, request: web.Request) -> web.Response:
-        req = parse_busy(await request.read())
-        machine = self.machine
-        try:
-            machine.acquire(req.lease, req.ttl_seconds)
-        except DrainingError:
+        req = parse_busy(await read_body(request))
+        outcome = await self.service.busy(req.lease, req.ttl_seconds, req.wait_seconds)
+        lease_view = {"lease": outcome.lease, "protected": False, "leases": outcome.leases}
+        if outcome.status == "protected":
+            return web.json_response(
+                {
+                    "lease": outcome.lease,
+                    "protected": True,
+                    "expires_at": rfc3339(outcome.expires_wall),
+                    "leases": outcome.leases,
+                }
+            )
+        if outcome.status == "draining":
             raise ApiError(
-                503,
-                "Draining",
-                "the task is stopping; do not start new work",
-                self._lease_view(req.lease, protected=False),
-            ) from None
-        except TooManyLeasesError:
+                503, "Draining", "the task is stopping; do not start new work", lease_view
+            )
+        if outcome.status == "full":
             raise ApiError(
                 429,
                 "TooManyLeases",
-                f"{machine.leases.capacity} leases are held (TASK_PROTECTION_MAX_LEASES)",
-                self._lease_view(req.lease, protected=False),
-            ) from None
-
-        protected = machine.protected()
-        if req.ttl_seconds is not None or not protected:
-            self.reconciler.wake()  # a new TTL timer, or protection to ask for
-        if not protected and req.wait_seconds > 0:
-            protected = await self.reconciler.wait_protected(req.lease, req.wait_seconds)
-        if not protected:
-            error = machine.last_error
-            reason = (
-                f"{error.code}: {error.message}"
-                if error
-                else "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
-                if machine.capped
-                else f"not confirmed within {req.wait_seconds:g}s"
+                f"{outcome.leases} leases are held (TASK_PROTECTION_MAX_LEASES)",
+                lease_view,
             )
-            raise ApiError(
-                503,
-                "ProtectionUnavailable",
-                f"task protection is not confirmed ({reason}); the lease is kept and "
-                "the sidecar keeps trying",
-                self._lease_view(req.lease, protected=False),
-            )
-        return web.json_response(self._lease_view(req.lease, protected=True))
-
-    def _lease_view(self, lease: str, *, protected: bool) -> dict[str, Any]:
-        view: dict[str, Any] = {"lease": lease, "protected": protected}
-        if protected:
-            view["expires_at"] = rfc3339(self.machine.expires_wall)
-        view["leases"] = len(self.machine.leases)
-        return view
+        raise ApiError(
+            503,
+            "ProtectionUnavailable",
+            f"task protection is not confirmed ({outcome.reason}); the lease is kept and "
+            "the sidecar keeps trying",
+            lease_view,
+        )
 
     async def idle(self, request: web.Request) -> web.Response:
-        req = parse_idle(await request.read())
-        released = self.machine.release(req.lease)
-        if released:
-            self.reconciler.notify()  # a /busy may be waiting on this very lease
-            if not self.machine.leases:
-                self.reconciler.wake()  # start the idle grace timer
-        return web.json_response({"released": released, "leases": len(self.machine.leases)})
+        req = parse_idle(await read_body(request))
+        released, leases = self.service.idle(req.lease)
+        return web.json_response({"released": released, "leases": leases})
 
     async def release(self, request: web.Request) -> web.Response:
-        parse_empty(await request.read())
-        count = self.machine.release_all()
-        if count:
-            log.warning(
-                "operator released %d lease(s) with POST /release", count, extra={"released": count}
-            )
-            self.reconciler.notify()
-            self.reconciler.wake()
+        parse_empty(await read_body(request))
+        count = self.service.release_all()
         return web.json_response({"released": count})
 
     async def drain(self, request: web.Request) -> web.Response:
-        parse_empty(await request.read())
-        machine = self.machine
-        if not machine.draining:
+        parse_empty(await read_body(request))
+        first = not self.service.draining
+        leases = self.service.drain(exit_when_idle=False)
+        if first:
             log.warning(
                 "POST /drain: draining; new leases are refused, the %d held keep working",
-                len(machine.leases),
-                extra={"leases": len(machine.leases)},
+                leases,
+                extra={"leases": leases},
             )
-        machine.start_drain(None, exit_when_idle=False)
-        self.reconciler.wake()
-        return web.json_response({"draining": True, "leases": len(machine.leases)})
+        return web.json_response({"draining": True, "leases": leases})
 
     async def state(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.snapshot())
+        return web.json_response(state_document(self.service.snapshot(STATE_LEASES)))
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -220,52 +171,62 @@ class Api:
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    def snapshot(self) -> dict[str, Any]:
-        machine = self.machine
-        now, wall = self.clock.monotonic(), self.clock.wall()
 
-        def wall_of(moment: float | None) -> str | None:
-            return None if moment is None else rfc3339(wall + moment - now)
-
-        leases = [
+def state_document(view: View) -> dict[str, Any]:
+    """GET /state: the view in the API's JSON."""
+    error = view.last_error
+    return {
+        "busy": view.busy,
+        "leases": [
             {
                 "lease": lease.id,
                 "since": rfc3339(lease.since_wall),
                 "expires_at": rfc3339(lease.expires_wall),
                 "ttl_seconds": lease.ttl,
             }
-            for lease in machine.leases.leases()
-            if lease.expires is None or lease.expires > now
-        ]
-        error = machine.last_error
-        protected = machine.protected()
-        return {
-            "busy": bool(leases),
-            "leases": leases,
-            "protection": {
-                "enabled": protected,
-                "expires_at": rfc3339(machine.expires_wall) if protected else None,
-                "backend": self.backend_name,
-                "last_error": None
-                if error is None
-                else {
-                    "op": error.op,
-                    "code": error.code,
-                    "message": error.message,
-                    "retryable": error.retryable,
-                    "at": rfc3339(error.at_wall),
-                    "retry_in_seconds": error.retry_in,
-                },
-                "calls": machine.counters.total_calls,
-                "in_flight": machine.inflight.op.value if machine.inflight else None,
-                "renew_at": wall_of(machine.renew_at) if protected else None,
-                "next_retry_at": wall_of(machine.retry_at),
-                "capped": machine.capped,
+            for lease in view.leases
+        ],
+        "lease_count": view.lease_count,
+        "protection": {
+            "enabled": view.protected,
+            "state": view.state,
+            "expires_at": rfc3339(view.expires_wall),
+            "backend": view.backend,
+            "last_error": None
+            if error is None
+            else {
+                "op": error.op,
+                "code": error.code,
+                "message": error.message,
+                "retryable": error.retryable,
+                "at": rfc3339(error.at_wall),
+                "retry_in_seconds": error.retry_in,
             },
-            "idle_since": wall_of(machine.idle_since),
-            "draining": machine.draining,
-            "drain_deadline": wall_of(machine.drain_deadline),
-        }
+            "calls": sum(view.calls.values()),
+            "in_flight": view.in_flight,
+            "renew_at": rfc3339(view.renew_at_wall),
+            "next_retry_at": rfc3339(view.next_retry_wall),
+            "capped": view.capped,
+        },
+        "idle_since": rfc3339(view.idle_since_wall),
+        "draining": view.draining,
+        "drain_deadline": rfc3339(view.drain_deadline_wall),
+    }
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, or an API error: too slow, or not decodable as it claims to be."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "RequestTimeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g}s"
+        ) from None
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ or exc
+        reason = " ".join(str(getattr(cause, "message", cause)).split()) or "unreadable"
+        raise InvalidRequestError(f"the body cannot be read: {reason}") from None
 
 
 def build_app(api: Api) -> web.Application:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sidecar.backends.base import BackendError, Protection
+from sidecar.backends.base import BackendError, Protection, switched
 from sidecar.leases import LeaseTable
 from sidecar.machine import Action, Call, Exit, Machine, Op, Policy, Wait
 from tests.fakes.clock import FakeClock
@@ -39,11 +39,17 @@ class Harness:
     # Minutes ECS actually grants (None: what was asked).
     grant_minutes: int | None = None
     errors: deque[BackendError] = field(default_factory=deque)
+    # Calls that reach ECS and take effect, but whose answer is lost (a timeout, a
+    # dropped connection, a 504): the machine hears an uncertain failure.
+    lose_answers: int = 0
     failing: BackendError | None = None  # every call fails with this while set
     made: list[Made] = field(default_factory=list)
     rand: float = 1.0  # jitter factor source: 1.0 makes delays exact
     # Seconds added to the expiry ECS reports (not to the real one): a skewed answer.
     reported_skew: float = 0.0
+    # Whether answers carry the server's own time (the agent's Date header), so the
+    # machine can measure what is left without the local wall clock.
+    server_clock: bool = True
 
     def __post_init__(self) -> None:
         self.start = self.clock.monotonic()
@@ -87,14 +93,27 @@ class Harness:
             self.ecs_expires_wall = self.ecs_time() + minutes * 60
         elif call.op is Op.DISABLE:
             self.ecs_expires_wall = None
-        self.machine.on_success(call, self.ecs_state())
+        if self.lose_answers:
+            self.lose_answers -= 1
+            self.machine.on_failure(
+                call,
+                BackendError("Timeout", "the answer was lost", retryable=True, uncertain=True),
+            )
+            return
+        try:  # what every backend checks before answering
+            answer = switched(call.op is Op.ENABLE, self.ecs_state())
+        except BackendError as error:
+            self.machine.on_failure(call, error)
+            return
+        self.machine.on_success(call, answer)
 
     def ecs_state(self) -> Protection:
         if not self.ecs_protected():
             return Protection(False, None)
         assert self.ecs_expires_wall is not None
         reported = self.ecs_expires_wall + self.reported_skew
-        return Protection(True, datetime.fromtimestamp(reported, UTC))
+        remaining = reported - self.ecs_time() if self.server_clock else None
+        return Protection(True, datetime.fromtimestamp(reported, UTC), remaining)
 
     def run_for(self, seconds: float, *, check: bool | Callable[[], None] = False) -> Action:
         """Let `seconds` pass, waking the machine at each timer it asked for.

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.backends.agent import AgentBackend
 from sidecar.clock import Clock, SystemClock
-from sidecar.leases import LeaseTable
 from sidecar.machine import Exit, Machine, Policy
-from sidecar.reconciler import Reconciler
+from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
@@ -19,16 +18,23 @@ if TYPE_CHECKING:
 
     from aiohttp.test_utils import TestClient
 
+    from sidecar.reconciler import Reconciler
     from tests.fakes.agent import FakeAgent
 
 
 @dataclass
 class Running:
     client: TestClient[Any, Any]
-    api: Api
-    reconciler: Reconciler
-    machine: Machine
+    service: ProtectionService
     task: asyncio.Task[Exit]
+
+    @property
+    def machine(self) -> Machine:
+        return self.service.machine
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self.service.reconciler
 
     async def settle(self) -> None:
         """Wait until the reconciler has acted on everything that happened so far."""
@@ -63,13 +69,11 @@ async def running_sidecar(
     backend_timeout: float = 5.0,
 ) -> AsyncIterator[Running]:
     clock = clock or SystemClock()
-    machine = Machine(policy or Policy(), clock, LeaseTable(max_leases))
     backend = AgentBackend(agent_uri or agent.uri("task-1"), timeout=backend_timeout)
-    reconciler = Reconciler(machine, backend, clock)
-    api = Api(reconciler, clock, "agent", token)
-    client = await aiohttp_client(build_app(api))
-    task = asyncio.create_task(reconciler.run())
-    running = Running(client, api, reconciler, machine, task)
+    service = ProtectionService(policy or Policy(), backend, clock, max_leases=max_leases)
+    client = await aiohttp_client(build_app(Api(service, token)))
+    task = asyncio.create_task(service.run())
+    running = Running(client, service, task)
     try:
         await running.settle()
         yield running

@@ -9,6 +9,8 @@ import pytest
 from sidecar.backends.agent import AgentBackend, parse_answer
 from sidecar.backends.base import BackendError, ProtectionRefusedError
 from tests.fakes import agent as fa
+from tests.fakes.agent import FakeAgent
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture
@@ -33,28 +35,53 @@ async def test_enable_then_get_then_disable(agent, backend):
     ]
 
 
+@pytest.fixture
+async def instant_agent():
+    """The fake agent on a clock that moves itself: its latencies cost no real time."""
+    fake = FakeAgent(FakeClock(auto_advance=True))
+    await fake.start()
+    fake.add_task("task-1")
+    yield fake
+    await fake.close()
+
+
 @pytest.mark.parametrize(
-    ("fault", "code", "retryable"),
+    ("fault", "code", "retryable", "uncertain"),
     [
-        (fa.ecs_error(), "ThrottlingException", True),
+        (fa.ecs_error(), "ThrottlingException", True, False),
         (
             fa.ecs_error("AccessDeniedException", 400, "not authorized"),
             "AccessDeniedException",
             False,
+            False,
         ),
-        (fa.timeout_504(), "RequestCanceled", True),
-        (fa.server_error(), "ServerException", True),
-        (fa.rate_limited(), "HTTP429", True),
-        (fa.truncated(), "ConnectionError", True),
-        (fa.reset(), "ConnectionError", True),
+        (fa.timeout_504(), "RequestCanceled", True, True),
+        (fa.ecs_server_error(), "ServerException", True, True),
+        (fa.ecs_server_error(503), "ServiceUnavailableException", True, True),
+        (fa.ecs_unreachable(), "ServerException", True, True),
+        (fa.server_error(), "ServerException", True, True),
+        (fa.two_failures(), "ServerException", True, True),
+        (fa.rate_limited(), "HTTP429", True, False),
+        (fa.truncated(), "ConnectionError", True, True),
+        (fa.reset(), "ConnectionError", True, True),
+        (fa.lost_answer(), "ConnectionError", True, True),
+        (fa.garbled(), "InvalidResponse", True, True),
     ],
 )
-async def test_faults_are_classified(agent, backend, fault, code, retryable):
-    # aiohttp itself repeats an idempotent request once when the connection drops.
-    agent.fail(fault, times=2)
-    with pytest.raises(BackendError) as caught:
-        await backend.set(True, 5)
-    assert (caught.value.code, caught.value.retryable) == (code, retryable)
+async def test_faults_are_classified(instant_agent, fault, code, retryable, uncertain):
+    """Each failure says whether to retry fast, and whether ECS may have changed anyway."""
+    instant_agent.fail_always(fault)
+    backend = AgentBackend(instant_agent.uri("task-1"), timeout=2.0)
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.set(True, 5)
+    finally:
+        await backend.close()
+    assert (caught.value.code, caught.value.retryable, caught.value.uncertain) == (
+        code,
+        retryable,
+        uncertain,
+    )
 
 
 @pytest.mark.parametrize("reason", ["TASK_NOT_VALID", "DEPLOYMENT_BLOCKED", "MISSING"])
@@ -79,6 +106,10 @@ async def test_no_task_role_is_not_retryable(agent):
         403,
         False,
     )
+    # Not proof of a missing role: right after an agent restart it clears in seconds.
+    assert caught.value.maybe_transient
+    assert "no task role" in caught.value.message
+    assert "agent restarted" in caught.value.message
 
 
 async def test_unknown_endpoint_is_not_retryable(agent):
@@ -110,6 +141,7 @@ async def test_agent_down_is_a_retryable_connection_error():
     finally:
         await backend.close()
     assert (caught.value.code, caught.value.retryable) == ("ConnectionError", True)
+    assert not caught.value.uncertain  # never connected: nothing can have changed
 
 
 def test_agent_timeout_is_longer_than_the_agents_own_deadline():
@@ -162,3 +194,16 @@ def test_other_400s_are_not_retryable_and_keep_the_agents_message():
         "bad",
         False,
     )
+
+
+async def test_an_answer_larger_than_any_agent_answer_is_refused_not_buffered(agent):
+    """A megabyte where the agent sends a few hundred bytes: not read into memory."""
+    agent.fail(fa.answer(200, '{"protection": {"x": "' + "y" * 1_000_000 + '"}}'))
+    backend = AgentBackend(agent.uri("task-1"))
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.get()
+    finally:
+        await backend.close()
+    assert caught.value.code == "InvalidResponse"
+    assert "larger than" in caught.value.message

@@ -10,6 +10,7 @@ from tests.aws import CREDENTIALS, Cluster, ecs_client, moto_server
 from tests.fakes.metadata import FakeMetadata
 from tests.fakes.threaded import ThreadedServer
 from tests.processes import SidecarProcess
+from tests.support import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +32,13 @@ def api_sidecar(moto_url: str, metadata: FakeMetadata) -> SidecarProcess:
             "TASK_PROTECTION_BACKEND": "api",
             "ECS_CONTAINER_METADATA_URI_V4": metadata.url,
             "TASK_PROTECTION_IDLE_GRACE_SECONDS": "0",
-            "TASK_PROTECTION_METADATA_POLL_SECONDS": "0.1",
+            "TASK_PROTECTION_METADATA_POLL_SECONDS": "1",
         }
     ).start()
 
 
 def served(metadata: FakeMetadata) -> ThreadedServer:
     return ThreadedServer(metadata.start, metadata.close)
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_busy_protects_the_task_in_ecs_and_idle_unprotects_it(moto_url, cluster):
@@ -89,7 +83,7 @@ def test_stop_detection_drains_when_ecs_stops_the_task(moto_url, cluster):
         try:
             assert sidecar.post("/busy", {"lease": "job"}).status_code == 200
             metadata.stop_task()
-            wait_for(lambda: sidecar.get("/state").json()["draining"])
+            wait_until(lambda: sidecar.get("/state").json()["draining"])
             refused = sidecar.post("/busy", {"lease": "next"})
             assert refused.json()["error"]["code"] == "Draining"
             assert sidecar.post("/idle", {"lease": "job"}).status_code == 200

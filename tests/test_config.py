@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sidecar.config import Config, ConfigError
+from sidecar.config import (
+    Config,
+    ConfigError,
+    build_arg_parser,
+    declared,
+    settings_table,
+    version,
+)
 
 
 def test_defaults_match_the_contract():
@@ -91,3 +100,101 @@ def test_empty_max_protected_means_no_cap():
 def test_describe_never_shows_the_token():
     config = Config.from_environ({"TASK_PROTECTION_TOKEN": "super-secret-value-1"})
     assert "super-secret-value-1" not in repr(config.describe())
+
+
+ON_ECS = {"ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/abc"}
+
+
+def test_on_ecs_without_the_agent_endpoint_auto_uses_the_api():
+    """An agent older than 1.65.0: the ECS API when boto3 is there, never the simulation."""
+    config = Config.from_environ(ON_ECS, api_available=lambda: True)
+    assert config.backend == "api"
+    assert "older than 1.65.0" in config.backend_reason
+
+
+def test_on_ecs_without_the_agent_endpoint_or_boto3_refuses_to_start():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ(ON_ECS, api_available=lambda: False)
+    [problem] = caught.value.problems
+    assert "older than 1.65.0" in problem
+    assert "ecs-protection-sidecar[api]" in problem
+
+
+def test_the_simulation_is_refused_on_ecs_even_when_asked_for():
+    with pytest.raises(ConfigError, match="only simulates protection"):
+        Config.from_environ({**ON_ECS, "TASK_PROTECTION_BACKEND": "local"})
+
+
+def test_off_ecs_auto_is_the_simulation_and_says_why():
+    config = Config.from_environ({}, api_available=lambda: True)
+    assert (config.backend, config.backend_reason.split(":")[0]) == ("local", "auto")
+
+
+@pytest.mark.parametrize("value", ["0.001", "0.5", "-1", "3601"])
+def test_metadata_polling_has_a_floor_of_a_second(value):
+    with pytest.raises(ConfigError, match="METADATA_POLL_SECONDS"):
+        Config.from_environ({"TASK_PROTECTION_METADATA_POLL_SECONDS": value})
+
+
+def test_metadata_polling_zero_still_turns_stop_detection_off():
+    config = Config.from_environ({"TASK_PROTECTION_METADATA_POLL_SECONDS": "0"})
+    assert config.metadata_poll_seconds == 0.0
+    assert Config.from_environ({"TASK_PROTECTION_METADATA_POLL_SECONDS": "1"}).metadata_poll_seconds
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_LEASES", "1_000"),
+        ("PORT", "+80"),
+        ("PORT", "0x50"),
+        ("IDLE_GRACE_SECONDS", "1_0"),
+        ("IDLE_GRACE_SECONDS", "inf"),
+        ("IDLE_GRACE_SECONDS", "1e3"),
+        ("DRAIN_TIMEOUT_SECONDS", "2m"),
+    ],
+)
+def test_only_plain_decimal_numbers_are_accepted(name, value):
+    with pytest.raises(ConfigError, match=f"TASK_PROTECTION_{name}"):
+        Config.from_environ({f"TASK_PROTECTION_{name}": value})
+
+
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(SystemExit):
+        Config.from_environ({}, ["--po", "5"])
+
+
+@pytest.mark.parametrize(
+    "token", ["x" * 15, "tøken-with-non-ascii", "has space in the middle", "tab\tin-the-token-xx"]
+)
+def test_tokens_must_be_long_printable_ascii(token):
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        Config.from_environ({"TASK_PROTECTION_TOKEN": token})
+
+
+def test_the_readme_table_is_the_declared_settings():
+    """The README's configuration table comes from the declarations; regenerate it with
+    `python -c 'from sidecar.config import settings_table; print(settings_table())'`."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    begin = "<!-- settings table: generated from sidecar/config.py -->\n"
+    end = "\n<!-- end of settings table -->"
+    assert readme[readme.index(begin) + len(begin) : readme.index(end)] == settings_table()
+
+
+def test_every_declared_setting_has_a_flag_an_env_var_and_help():
+    """One declaration gives the variable, the flag, the default and the allowed values."""
+    parser_help = build_arg_parser().format_help()
+    for field, spec, default in declared():
+        assert spec.env == "TASK_PROTECTION_" + spec.name
+        assert spec.flag in parser_help
+        assert spec.env in parser_help
+        assert getattr(Config(), field) == default
+    config = Config.from_environ({"TASK_PROTECTION_IDLE_GRACE_SECONDS": "3"}, ["--port", "5"])
+    assert (config.idle_grace_seconds, config.port) == (3.0, 5)
+
+
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        Config.from_environ({}, ["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ecs-protection-sidecar {version()}"

@@ -130,8 +130,10 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_base_image_is_slim_and_pinned():
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE, flags=re.MULTILINE))
     for base in re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.MULTILINE):
-        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", base), base
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", image), image
 
 
 def test_final_stage_runs_as_a_non_root_user():

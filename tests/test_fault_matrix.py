@@ -1,17 +1,17 @@
 """Every way the agent (and ECS behind it) can answer badly, end to end through the sidecar.
 
-For each row of ECS-AGENT.md's table, and for the agent down, hanging, resetting the
-connection and sending truncated JSON: `/busy` answers 503 ProtectionUnavailable and
-keeps the lease, `/state` and the log name the cause, retries back off (fast for
-transient faults, slowly for the others), the sidecar keeps serving, and protection
-converges once the fault clears. Time is a fake clock shared with the agent.
+For each row of the agent's table of answers (tests/fakes/agent.py), and for the agent
+down, hanging, resetting the connection and sending truncated JSON: `/busy` answers 503
+ProtectionUnavailable and keeps the lease, `/state` and the log name the cause, retries
+back off (fast for transient faults, slowly for the others), the sidecar keeps serving,
+and protection converges once the fault clears. Time is a fake clock shared with the agent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from tests.fakes import agent as fa
 from tests.fakes.agent import DECODE_ERROR, FakeAgent
 from tests.fakes.clock import FakeClock
 from tests.sidecar_fixture import Running, running_sidecar
+from tests.support import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,7 +33,8 @@ class Row:
     inject: Callable[[FakeAgent], None]
     heal: Callable[[FakeAgent], None]
     code: str
-    retryable: bool
+    retry: str  # "fast" (back-off from 0.5 s), "ramp" (from 1 s, held at 8 s), "slow" (60 s)
+    uncertain: bool = False  # the enable may have landed: the state is unknown, not off
 
 
 def sticky(fault: fa.Fault) -> Callable[[FakeAgent], None]:
@@ -51,6 +53,10 @@ def role_back(agent: FakeAgent) -> None:
     agent.tasks["task-1"].has_role = True
 
 
+def agent_restarted(agent: FakeAgent) -> None:
+    agent.restart(credentials_after=3600)
+
+
 ERROR = '{{"error": {{"Code": "{code}", "Message": "{message}"}}}}'
 ROWS = [
     Row(
@@ -58,16 +64,16 @@ ROWS = [
         sticky(fa.failure("TASK_NOT_VALID")),
         heal,
         "TASK_NOT_VALID",
-        False,
+        "slow",
     ),
     Row(
         "200 failure DEPLOYMENT_BLOCKED",
         sticky(fa.failure("DEPLOYMENT_BLOCKED", "deploying")),
         heal,
         "DEPLOYMENT_BLOCKED",
-        False,
+        "slow",
     ),
-    Row("200 failure MISSING", sticky(fa.failure("MISSING")), heal, "MISSING", False),
+    Row("200 failure MISSING", sticky(fa.failure("MISSING")), heal, "MISSING", "slow"),
     Row(
         "400 decode error",
         sticky(
@@ -75,7 +81,7 @@ ROWS = [
         ),
         heal,
         "InvalidParameterException",
-        False,
+        "slow",
     ),
     Row(
         "400 ProtectionEnabled missing",
@@ -90,80 +96,163 @@ ROWS = [
         ),
         heal,
         "InvalidParameterException",
-        False,
+        "slow",
     ),
-    Row("403 no task role", no_role, role_back, "AccessDeniedException", False),
-    Row("400 ECS ThrottlingException", sticky(fa.ecs_error()), heal, "ThrottlingException", True),
+    Row("403 no task role", no_role, role_back, "AccessDeniedException", "ramp"),
+    Row("403 after an agent restart", agent_restarted, heal, "AccessDeniedException", "ramp"),
+    Row(
+        "400 ECS ThrottlingException, persistent",
+        sticky(fa.ecs_error()),
+        heal,
+        "ThrottlingException",
+        "fast",
+    ),
     Row(
         "400 ECS AccessDeniedException",
         sticky(fa.ecs_error("AccessDeniedException", 400, "not authorized")),
         heal,
         "AccessDeniedException",
-        False,
+        "slow",
     ),
-    Row("504 ECS deadline", sticky(fa.timeout_504()), heal, "RequestCanceled", True),
-    Row("500 agent error", sticky(fa.server_error()), heal, "ServerException", True),
-    Row("429 agent rate limiter", sticky(fa.rate_limited()), heal, "HTTP429", True),
-    Row("agent hangs past the timeout", sticky(fa.hang()), heal, "Timeout", True),
-    Row("connection reset", sticky(fa.reset()), heal, "ConnectionError", True),
-    Row("truncated mid-answer", sticky(fa.truncated()), heal, "ConnectionError", True),
-    Row("complete answer, truncated JSON", sticky(fa.garbled()), heal, "InvalidResponse", True),
+    Row(
+        "500 ECS ServerException, persistent",
+        sticky(fa.ecs_server_error()),
+        heal,
+        "ServerException",
+        "fast",
+        uncertain=True,
+    ),
+    Row(
+        "503 ECS ServiceUnavailable, persistent",
+        sticky(fa.ecs_server_error(503)),
+        heal,
+        "ServiceUnavailableException",
+        "fast",
+        uncertain=True,
+    ),
+    Row(
+        "500 ECS unreachable",
+        sticky(fa.ecs_unreachable()),
+        heal,
+        "ServerException",
+        "fast",
+        uncertain=True,
+    ),
+    Row(
+        "504 ECS deadline (the enable lands)",
+        sticky(fa.timeout_504()),
+        heal,
+        "RequestCanceled",
+        "fast",
+        uncertain=True,
+    ),
+    Row("500 agent error", sticky(fa.server_error()), heal, "ServerException", "fast", True),
+    Row(
+        "500 more than one failure",
+        sticky(fa.two_failures()),
+        heal,
+        "ServerException",
+        "fast",
+        uncertain=True,
+    ),
+    Row("429 agent rate limiter", sticky(fa.rate_limited()), heal, "HTTP429", "fast"),
+    Row("agent hangs past the timeout", sticky(fa.hang()), heal, "Timeout", "fast", True),
+    Row("connection reset", sticky(fa.reset()), heal, "ConnectionError", "fast", True),
+    Row(
+        "answer lost after the enable landed",
+        sticky(fa.lost_answer()),
+        heal,
+        "ConnectionError",
+        "fast",
+        uncertain=True,
+    ),
+    Row("truncated mid-answer", sticky(fa.truncated()), heal, "ConnectionError", "fast", True),
+    Row(
+        "complete answer, truncated JSON",
+        sticky(fa.garbled()),
+        heal,
+        "InvalidResponse",
+        "fast",
+        uncertain=True,
+    ),
 ]
 
 
 @pytest.fixture
 async def shared_clock_agent():
     clock = FakeClock()
-    agent = FakeAgent(wall=clock.wall)
+    agent = FakeAgent(clock)
     await agent.start()
     agent.add_task("task-1")
     yield clock, agent
     await agent.close()
 
 
+async def pump(sidecar: Running, clock: FakeClock) -> None:
+    """Let the call in flight finish, moving the shared fake clock through the agent's
+    latencies and back-off (it only moves while the agent sleeps on it)."""
+    async with asyncio.timeout(30):
+        while not (sidecar.reconciler.settled.is_set() and sidecar.machine.inflight is None):
+            await asyncio.sleep(0.001)
+            wake = clock.next_wake()
+            if wake is not None and sidecar.machine.inflight is not None:
+                clock.advance(max(0.0, min(0.05, wake - clock.monotonic())))
+
+
 async def next_attempt(sidecar: Running, clock: FakeClock) -> None:
     """Move the fake clock to the scheduled retry and let the reconciler make it."""
-    retry_at = sidecar.machine.retry_at
+    retry_at = sidecar.machine.retry.at
     assert retry_at is not None
     clock.advance(max(0.0, retry_at - clock.monotonic()))
     sidecar.reconciler.wake()
-    await sidecar.settle()
+    await pump(sidecar, clock)
+
+
+async def busy(sidecar: Running, clock: FakeClock, body: dict) -> tuple[int, dict]:
+    """POST /busy while the clock is pumped, so a slow agent can answer."""
+    request = asyncio.ensure_future(sidecar.post("/busy", body))
+    await sidecar.holds(body["lease"])
+    await pump(sidecar, clock)
+    return await request
 
 
 async def check_failing(
     sidecar: Running,
     clock: FakeClock,
-    code: str,
-    retryable: bool,
+    row: Row,
     caplog: pytest.LogCaptureFixture,
     *,
     op: str = "enable",
 ) -> None:
-    status, body = await sidecar.post("/busy", {"lease": "job", "wait_seconds": 0.3})
+    status, body = await busy(sidecar, clock, {"lease": "job", "wait_seconds": 0.3})
     assert (status, body["error"]["code"]) == (503, "ProtectionUnavailable")
     assert (body["lease"], body["protected"], body["leases"]) == ("job", False, 1)
-    await sidecar.settle()
 
     _, state = await sidecar.get("/state")
     error = state["protection"]["last_error"]
-    assert (error["code"], error["retryable"], error["op"]) == (code, retryable, op)
+    retryable = row.retry == "fast"
+    assert (error["code"], error["retryable"], error["op"]) == (row.code, retryable, op)
     assert state["busy"] is True
     assert state["protection"]["enabled"] is False
+    # After an answer that may hide a landed enable, nothing says "off".
+    assert state["protection"]["state"] == ("unknown" if row.uncertain or op == "get" else "off")
 
-    delay = sidecar.machine.retry_at - clock.monotonic()
-    first_failures = sidecar.machine.failures
-    if retryable:
+    delay = sidecar.machine.retry.at - clock.monotonic()
+    first_failures = sidecar.machine.retry.failures
+    if row.retry == "fast":
         assert 0.0 < delay <= 0.5 * 2 ** (first_failures - 1)
+    elif row.retry == "ramp":
+        assert 0.5 <= delay <= 1.0  # maybe transient: try again within a second
     else:
         assert 30.0 <= delay <= 60.0  # slowly: no spinning against a refusal
-    records = [r for r in caplog.records if r.name == "sidecar.machine" and code in r.message]
+    records = [r for r in caplog.records if r.name == "sidecar.machine" and row.code in r.message]
     assert records
-    assert records[-1].levelno == (logging.WARNING if retryable else logging.ERROR)
+    assert records[-1].levelno == (logging.ERROR if row.retry == "slow" else logging.WARNING)
 
     await next_attempt(sidecar, clock)  # still failing: the next delay grows (or stays slow)
-    assert sidecar.machine.failures == first_failures + 1
-    later = sidecar.machine.retry_at - clock.monotonic()
-    assert later >= (delay if retryable else 30.0) / 2
+    assert sidecar.machine.retry.failures == first_failures + 1
+    later = sidecar.machine.retry.at - clock.monotonic()
+    assert later >= (30.0 if row.retry == "slow" else delay) / 2
     assert (await sidecar.get("/healthz")) == (200, {"status": "ok"})
     assert not sidecar.task.done()  # the reconciler never died
 
@@ -172,6 +261,7 @@ async def check_converges(sidecar: Running, clock: FakeClock) -> None:
     await next_attempt(sidecar, clock)
     _, state = await sidecar.get("/state")
     assert state["protection"]["enabled"] is True
+    assert state["protection"]["state"] == "on"
     assert state["protection"]["last_error"] is None
     status, body = await sidecar.post("/busy", {"lease": "job", "wait_seconds": 0})
     assert (status, body["protected"]) == (200, True)
@@ -183,7 +273,7 @@ async def test_fault_row(aiohttp_client, shared_clock_agent, caplog, row):
     caplog.set_level(logging.INFO)
     async with running_sidecar(aiohttp_client, agent, clock=clock, backend_timeout=0.3) as sidecar:
         row.inject(agent)
-        await check_failing(sidecar, clock, row.code, row.retryable, caplog)
+        await check_failing(sidecar, clock, row, caplog)
         row.heal(agent)
         await check_converges(sidecar, clock)
         assert agent.tasks["task-1"].enabled
@@ -198,25 +288,27 @@ async def test_unknown_endpoint_id_then_the_task_appears(
         aiohttp_client, agent, clock=clock, agent_uri=agent.uri("late-task")
     ) as sidecar:
         # The start-up read failed with 404, and the retry slot holds the enable back.
-        await check_failing(sidecar, clock, "ResourceNotFoundException", False, caplog, op="get")
+        await check_failing(
+            sidecar,
+            clock,
+            Row("404", heal, heal, "ResourceNotFoundException", "slow"),
+            caplog,
+            op="get",
+        )
         agent.add_task("late-task")
         await check_converges(sidecar, clock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_agent_down_then_up(aiohttp_client, caplog):
     clock = FakeClock()
     port = free_port()
-    agent = FakeAgent(wall=clock.wall)
+    agent = FakeAgent(clock)
     uri = f"http://127.0.0.1:{port}/api/task-1"
     caplog.set_level(logging.INFO)
     async with running_sidecar(aiohttp_client, agent, clock=clock, agent_uri=uri) as sidecar:
-        await check_failing(sidecar, clock, "ConnectionError", True, caplog, op="get")
+        await check_failing(
+            sidecar, clock, Row("down", heal, heal, "ConnectionError", "fast"), caplog, op="get"
+        )
         await agent.start(port=port)
         agent.add_task("task-1")
         try:
@@ -237,7 +329,7 @@ async def test_disable_failures_are_retried_until_protection_is_off(
         clock.advance(10)
         sidecar.reconciler.wake()
         await sidecar.settle()
-        assert sidecar.machine.last_error is not None
+        assert sidecar.machine.retry.last_error is not None
         assert agent.tasks["task-1"].enabled
         agent.heal()
         await next_attempt(sidecar, clock)

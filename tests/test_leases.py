@@ -67,3 +67,17 @@ def test_capacity_bounds_new_leases_only():
 )
 def test_lease_id_syntax(lease, ok):
     assert bool(LEASE_ID.fullmatch(lease)) is ok
+
+
+def test_heartbeats_do_not_grow_the_expiry_heap_without_bound():
+    """One long lease at the top of the heap pins nothing: 200k heartbeats of another
+    lease leave a heap the size of the live leases, not of the heartbeats."""
+    table = LeaseTable(10)
+    table.acquire("long", 10_000.0, 0.0, 0.0)
+    for beat in range(200_000):
+        table.acquire("worker", 60.0, beat * 0.001, beat * 0.001)
+    assert table.heap_size <= 2 * len(table) + 64
+    # Expiry still works after compaction: the worker goes first, the long lease later.
+    assert table.expire(300.0) == ["worker"]
+    assert table.next_expiry() == 10_000.0
+    assert table.expire(10_000.0) == ["long"]

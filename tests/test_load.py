@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import aiohttp
 
 from tests.fakes import agent as fa
+from tests.processes import SidecarProcess
 from tests.sidecar_fixture import running_sidecar
 
 CLIENTS = 64
@@ -47,8 +49,10 @@ async def test_a_thousand_leases_from_64_clients_while_the_backend_struggles(aio
         assert len(statuses) == LEASES
         assert set(statuses) <= {200, 503}  # confirmed, or kept while the backend struggles
         _, state = await sidecar.get("/state")
-        assert len(state["leases"]) == LEASES  # nothing lost
-        assert len({lease["lease"] for lease in state["leases"]}) == LEASES
+        assert state["lease_count"] == LEASES  # nothing lost
+        assert {lease.id for lease in sidecar.machine.leases.leases()} == {
+            f"job-{i}" for i in range(LEASES)
+        }
         assert health_latencies
         assert max(health_latencies) < 5.0  # /healthz kept answering throughout
 
@@ -78,3 +82,40 @@ async def test_a_lease_flood_is_bounded(aiohttp_client, agent):
         assert len(sidecar.machine.leases) == 100
         status, _ = await sidecar.post("/busy", {"lease": "flood-0"})  # refresh still works
         assert status == 200
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_ten_thousand_leases_and_50_concurrent_state_reads_stay_in_128_mib():
+    """The example task definition gives the sidecar 128 MiB: a full lease table read by
+    50 clients at once stays far inside it (the /state document is bounded)."""
+    process = SidecarProcess({"TASK_PROTECTION_IDLE_GRACE_SECONDS": "600"}).start()
+    try:
+        connector = aiohttp.TCPConnector(limit=32)
+        async with aiohttp.ClientSession(process.url, connector=connector) as session:
+
+            async def take(start: int) -> None:
+                for i in range(start, 10_000, 32):
+                    body = {"lease": f"job-{i}", "wait_seconds": 0}
+                    async with session.post("/busy", json=body) as answer:
+                        assert answer.status in (200, 503)  # 503: not confirmed yet, kept
+
+            await asyncio.gather(*(take(n) for n in range(32)))
+            async with session.get("/state") as answer:
+                assert (await answer.json())["lease_count"] == 10_000
+
+            async def read_state() -> int:
+                async with session.get("/state") as answer:
+                    return len(await answer.read())
+
+            sizes = await asyncio.gather(*(read_state() for _ in range(50)))
+        assert max(sizes) < 64 * 1024
+        peak = peak_rss_mib(process.proc.pid)
+        assert peak < 128
+    finally:
+        process.stop()

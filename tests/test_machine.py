@@ -145,7 +145,7 @@ def test_retryable_failures_back_off_exponentially():
         (ENABLE, 3.5),
     ]
     assert h.machine.protected()
-    assert h.machine.last_error is None
+    assert h.machine.retry.last_error is None
     assert h.machine.counters.retries == 3
 
 
@@ -169,7 +169,7 @@ def test_a_non_retryable_failure_is_retried_slowly_and_reported():
     h.run_for(600)
     enables = [m.at for m in h.made if m.op is ENABLE]
     assert enables == [60.0 * i for i in range(11)]
-    error = h.machine.last_error
+    error = h.machine.retry.last_error
     assert error is not None
     assert (error.code, error.retryable, error.op) == ("AccessDeniedException", False, "enable")
 
@@ -191,10 +191,10 @@ def test_task_not_valid_on_get_means_not_protected():
     h = Harness()
     h.errors.append(ProtectionRefusedError("TASK_NOT_VALID", None))
     h.settle()
-    assert h.machine.known
+    assert h.machine.belief.known
     assert not h.machine.protected()
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "TASK_NOT_VALID"
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "TASK_NOT_VALID"
     h.run_for(3600)
     assert h.ops() == [GET]
 
@@ -207,12 +207,12 @@ def test_deployment_blocked_on_renewal_keeps_the_current_protection():
     h.errors.append(ProtectionRefusedError("DEPLOYMENT_BLOCKED", "deployment in progress"))
     h.run_for(2)
     assert h.machine.protected()
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "DEPLOYMENT_BLOCKED"
-    assert "replaced soon" in h.machine.last_error.message
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "DEPLOYMENT_BLOCKED"
+    assert "replaced soon" in h.machine.retry.last_error.message
     h.run_for(60)
     assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0, 3360.0]
-    assert h.machine.last_error is None
+    assert h.machine.retry.last_error is None
 
 
 def test_events_during_a_call_coalesce_into_the_latest_desire():
@@ -240,6 +240,9 @@ def test_busy_during_a_disable_enables_right_after():
     assert call == Call(DISABLE)
     h.machine.acquire("late", None)
     assert isinstance(h.machine.poll(), Wait)  # one call at a time
+    # The disable may land at any moment: nothing is confirmed until the re-enable is.
+    assert not h.machine.protected()
+    assert h.machine.state() == "unknown"
     h.answer(call)
     h.settle()
     assert h.ops() == [GET, ENABLE, DISABLE, ENABLE]
@@ -346,7 +349,7 @@ def test_cap_stops_renewing_at_max_protected_seconds():
         (ENABLE, 3300.0, 60),
         (ENABLE, 6600.0, 10),
     ]
-    assert h.machine.capped
+    assert h.machine.belief.capped
     assert not h.ecs_protected()
     h.idle()
     h.busy("next")  # a new busy period after going idle starts a fresh cap
@@ -371,5 +374,136 @@ def test_enable_answered_with_protection_off_is_an_error_not_a_loop():
     h.busy()
     h.run_for(120)
     assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 60.0, 120.0]
-    assert h.machine.last_error is not None
-    assert h.machine.last_error.code == "NotProtected"
+    assert h.machine.retry.last_error is not None
+    assert h.machine.retry.last_error.code == "NotProtected"
+
+
+def lost_403() -> BackendError:
+    return BackendError(
+        "AccessDeniedException",
+        "no task IAM role credentials available",
+        retryable=False,
+        status=403,
+        maybe_transient=True,
+    )
+
+
+def test_an_enable_whose_answer_was_lost_does_not_leave_ecs_protected():
+    """The enable landed, its answer did not; the job ends in the back-off: protection is
+    switched off after the grace, never left on for the whole expiry."""
+    h = started()
+    h.lose_answers = 1
+    h.busy("job")
+    assert h.ecs_protected()  # it landed
+    assert h.machine.state() == "unknown"
+    assert not h.machine.protected()
+    h.idle("job")
+    h.run_for(h.policy.idle_grace + 1)
+    assert not h.ecs_protected()
+    assert h.ops() == [GET, ENABLE, DISABLE]
+    assert h.machine.state() == "off"
+
+
+def test_an_unknown_state_while_busy_is_settled_by_a_confirmed_enable():
+    """With the lease still held, the retry of the enable confirms protection."""
+    h = started()
+    h.lose_answers = 1
+    h.busy("job")
+    h.run_for(5, check=True)
+    assert h.ops() == [GET, ENABLE, ENABLE]
+    assert h.machine.protected()
+
+
+def test_a_disable_whose_answer_was_lost_claims_nothing_and_is_repeated():
+    """Lost disable answer: a new job is not told 'protected' until an enable is confirmed,
+    and with no job a second disable settles the state."""
+    h = started()
+    h.busy("a")
+    h.idle("a")
+    h.lose_answers = 1
+    h.run_for(h.policy.idle_grace)
+    assert h.ops() == [GET, ENABLE, DISABLE]
+    assert h.machine.state() == "unknown"
+    h.machine.acquire("b", None)
+    assert not h.machine.protected()
+
+    def claims_only_the_truth() -> None:
+        assert h.ecs_protected() or not h.machine.protected()
+
+    h.run_for(2, check=claims_only_the_truth)
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE]
+    assert h.machine.protected()
+    h.idle("b")
+    h.lose_answers = 1
+    h.run_for(h.policy.idle_grace + 5)
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE, DISABLE, DISABLE]
+    assert h.machine.state() == "off"
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_protection_it_had():
+    """An unanswered renewal cannot have removed protection: the old expiry still holds."""
+    h = started()
+    h.busy()
+    h.run_for(3299)
+    h.lose_answers = 1
+    h.run_for(2, check=True)
+    assert h.machine.protected()
+    assert h.machine.state() == "on"
+    h.run_for(3600, check=True)
+
+
+def test_a_short_returned_expiry_is_renewed_before_it_passes():
+    """Adopted protection 5 s from its end: the 10 s floor must not push renewal past it."""
+    h = Harness()
+    h.ecs_expires_wall = h.clock.wall() + 5
+    h.settle()
+    h.busy()
+    h.run_for(120, check=True)
+    assert [m.at for m in h.made if m.op is ENABLE] == [2.5]
+
+
+def test_an_expiry_shorter_than_twice_the_floor_is_renewed_half_way():
+    """ECS granting 15 s (less than twice the 10 s floor): renewals every 7.5 s, no lapse."""
+    h = started()
+    h.grant_minutes = 0.25  # type: ignore[assignment]
+    h.busy()
+    h.run_for(30, check=True)
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 7.5, 15.0, 22.5, 30.0]
+
+
+def test_a_local_clock_hours_ahead_neither_loses_protection_nor_spins():
+    """The expiry is measured by the server's own clock, so 2 h of local skew change nothing."""
+    h = started()
+    h.clock.jump_wall(7200)
+    h.busy()
+    h.run_for(3600, check=True)
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0]
+
+
+def test_a_403_that_clears_is_followed_within_seconds():
+    """The agent's 403 right after a restart: retried from a second on, at most 8 s apart
+    in the first minute, so protection follows within ~10 s of it clearing."""
+    h = started()
+    h.failing = lost_403()
+    h.busy()
+    h.run_for(20)
+    h.failing = None
+    h.run_for(30)
+    first_after = next(m.at for m in h.made if m.op is ENABLE and m.at >= 20)
+    assert first_after - 20 <= 8.0
+    assert h.machine.protected()
+    early = [m.at for m in h.made if m.op is ENABLE and m.at < 20]
+    assert early[:4] == [0.0, 1.0, 3.0, 7.0]
+
+
+def test_a_403_that_persists_slows_down_to_the_slow_retry():
+    """A task without a role: no more than a few calls a minute after the first minute."""
+    h = started()
+    h.failing = lost_403()
+    h.busy()
+    h.run_for(600)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    late = [b - a for a, b in itertools.pairwise(enables) if a >= 120]
+    assert late
+    assert all(gap == 60.0 for gap in late)
+    assert len([t for t in enables if t < 60]) <= 12

@@ -78,7 +78,7 @@ class ProtectionModel(RuleBasedStateMachine):
         if self.model:
             self.last_busy_at = now
         healthy_for = -math.inf if self.healthy_since is None else now - self.healthy_since
-        if self.model and healthy_for > RECOVERY and not h.machine.capped:
+        if self.model and healthy_for > RECOVERY and not h.machine.belief.capped:
             assert h.ecs_protected(), f"busy and healthy but unprotected at t={now}"
         idle_for = now - self.last_busy_at
         settle_time = POLICY.idle_grace + RECOVERY
@@ -93,7 +93,7 @@ class ProtectionModel(RuleBasedStateMachine):
         h = self.h
         self.expire_model(h.now)
         new = lease not in self.model
-        if h.machine.draining and new:
+        if h.machine.drain.draining and new:
             try:
                 h.machine.acquire(lease, ttl)
             except DrainingError:

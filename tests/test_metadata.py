@@ -7,11 +7,10 @@ import logging
 import aiohttp
 import pytest
 
-from sidecar.leases import LeaseTable
-from sidecar.machine import DrainingError, Exit, Machine, Policy
+from sidecar.backends.local import LocalBackend
+from sidecar.machine import DrainingError, Exit, Policy
 from sidecar.metadata import StopWatcher, task_identity
-from sidecar.reconciler import Reconciler
-from tests.fakes.backend import ScriptedBackend
+from sidecar.service import ProtectionService
 from tests.fakes.clock import FakeClock
 from tests.fakes.metadata import FakeMetadata
 
@@ -25,10 +24,9 @@ async def metadata():
 
 
 @pytest.fixture
-def reconciler():
+def service():
     clock = FakeClock()
-    machine = Machine(Policy(), clock, LeaseTable(10))
-    return Reconciler(machine, ScriptedBackend(clock), clock)
+    return ProtectionService(Policy(), LocalBackend(clock), clock, max_leases=10)
 
 
 async def test_identity(metadata):
@@ -37,7 +35,7 @@ async def test_identity(metadata):
     assert identity.task_arn.endswith("/abc123")
 
 
-async def test_running_task_is_not_draining_then_stopped_drains(metadata, reconciler):
+async def test_running_task_is_not_draining_then_stopped_drains(metadata, service):
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
@@ -45,24 +43,24 @@ async def test_running_task_is_not_draining_then_stopped_drains(metadata, reconc
         if len(waits) == 3:
             metadata.stop_task()
 
-    reconciler.machine.acquire("job", None)
-    await StopWatcher(metadata.url, reconciler, 5.0, sleep=record).run()
+    machine = service.machine
+    machine.acquire("job", None)
+    await StopWatcher(metadata.url, service, 5.0, sleep=record).run()
     assert waits == [5.0, 5.0, 5.0]
     assert metadata.requests == 4
-    machine = reconciler.machine
-    assert machine.draining
+    assert service.draining
     with pytest.raises(DrainingError):
         machine.acquire("new", None)
     machine.release("job")
     assert not isinstance(machine.poll(), Exit)  # drained by stop detection: no exit
 
 
-async def test_metadata_outage_is_logged_once(metadata, reconciler, caplog):
+async def test_metadata_outage_is_logged_once(metadata, service, caplog):
     metadata.fail_with = 503
-    watcher = StopWatcher(metadata.url, reconciler, 1.0)
+    watcher = StopWatcher(metadata.url, service, 1.0)
     async with aiohttp.ClientSession() as session:
         with caplog.at_level(logging.WARNING, "sidecar.metadata"):
             for _ in range(5):
                 assert await watcher.check(session) is False
     assert caplog.text.count("stop detection") == 1
-    assert not reconciler.machine.draining
+    assert not service.draining

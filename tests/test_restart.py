@@ -4,25 +4,12 @@ the leases, and protection never drops while the job runs."""
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 
 from ecs_protection import Client, busy
 from tests.processes import SidecarProcess
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from tests.support import free_port, wait_until
 
 
 def test_restart_keeps_the_task_protected(agent_in_thread):
@@ -68,7 +55,7 @@ def test_restart_keeps_the_task_protected(agent_in_thread):
         second.port = port
         second.wait_for_log("listening on")
         # Heartbeats (every 0.5 s) re-create the lease the new process never heard of.
-        wait_for(lambda: len(second.get("/state").json()["leases"]) == 1)
+        wait_until(lambda: len(second.get("/state").json()["leases"]) == 1)
         state = second.get("/state").json()
         assert state["protection"]["enabled"] is True
         gets = [c for c in agent_in_thread.calls if c.method == "GET"]

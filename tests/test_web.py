@@ -26,7 +26,7 @@ async def sidecar(aiohttp_client, agent):
 async def fake_time(aiohttp_client):
     """A sidecar and agent sharing a fake clock, for timer behaviour without sleeping."""
     clock = FakeClock()
-    fake = FakeAgent(wall=clock.wall)
+    fake = FakeAgent(clock)
     await fake.start()
     fake.add_task()
     async with running_sidecar(aiohttp_client, fake, clock=clock) as running:
@@ -117,12 +117,17 @@ async def test_ttl_expiry_through_the_api(fake_time):
 
 
 async def test_a_retryable_fault_is_retried_before_answering(sidecar, agent):
-    """Throttling on the first enable: /busy still answers 200 once the retry succeeds."""
-    agent.fail(fa.ecs_error("ThrottlingException", 400, "Rate exceeded"))
+    """The agent's rate limiter refuses the first two enables: the sidecar retries, and
+    /busy answers 200 once the third is confirmed, within its wait."""
+    agent.fail(fa.rate_limited(), times=2)
     status, body = await sidecar.post("/busy", {"lease": "j"})
     assert (status, body["protected"]) == (200, True)
-    _, metrics_ok = await sidecar.get("/state")
-    assert metrics_ok["protection"]["last_error"] is None
+    assert [c.status for c in agent.calls if c.method == "PUT"] == [429, 429, 200]
+    _, state = await sidecar.get("/state")
+    assert state["protection"]["last_error"] is None
+    text = await (await sidecar.client.get("/metrics")).text()
+    assert "task_protection_retries_total 2.0" in text
+    assert 'task_protection_backend_calls_total{op="enable",outcome="retryable"} 2.0' in text
 
 
 async def test_a_refusal_answers_503_at_once_and_keeps_the_lease(sidecar, agent):
@@ -216,7 +221,7 @@ async def test_token_guards_posts_only(aiohttp_client, agent):
         assert status == 401
         status, _ = await sidecar.post("/drain")
         assert status == 401
-        assert sidecar.machine.draining is False
+        assert sidecar.machine.drain.draining is False
         status, _ = await sidecar.post("/busy", headers={"Authorization": f"Bearer {token}"})
         assert status == 200
         assert (await sidecar.get("/state"))[0] == 200
@@ -268,7 +273,7 @@ async def test_bad_bodies_are_rejected_and_change_nothing(sidecar, agent, payloa
     assert isinstance(body["error"]["message"], str)
     if field is not None:
         assert field in body["error"]["message"]
-        assert body["field"] == field
+        assert body["error"]["field"] == field
     _, state = await sidecar.get("/state")
     assert state["leases"] == []
     assert len(agent.calls) == calls_before
@@ -325,3 +330,40 @@ async def test_a_waiting_busy_answers_when_its_ttl_expires(fake_time):
     sidecar.reconciler.wake()
     status, _ = await asyncio.wait_for(waiting, 5)
     assert status == 503
+
+
+async def test_a_huge_integer_is_a_400_naming_the_field_not_a_500(sidecar):
+    body = b'{"lease": "x", "ttl_seconds": 1' + b"0" * 400 + b"}"
+    response = await sidecar.client.post("/busy", data=body)
+    doc = await response.json()
+    assert response.status == 400
+    assert (doc["error"]["code"], doc["error"]["field"]) == ("InvalidRequest", "ttl_seconds")
+    assert "x" not in sidecar.machine.leases
+
+
+async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400(sidecar):
+    response = await sidecar.client.post(
+        "/busy", data=b"not gzip at all", headers={"Content-Encoding": "gzip"}
+    )
+    doc = await response.json()
+    assert (response.status, doc["error"]["code"]) == (400, "InvalidRequest")
+    assert "content-encoding" in doc["error"]["message"].lower()
+    assert not sidecar.machine.leases
+
+
+async def test_non_ascii_authorization_is_a_401_not_a_500(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent, token="0123456789abcdef-token") as sidecar:
+        response = await sidecar.client.post(
+            "/busy", headers={"Authorization": "Bearer \udcff\udcfe-token"}, skip_auto_headers=()
+        )
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "Unauthorized"
+
+
+async def test_state_lists_at_most_a_hundred_leases_and_counts_them_all(aiohttp_client, agent):
+    async with running_sidecar(aiohttp_client, agent, max_leases=5000) as sidecar:
+        for i in range(1500):
+            sidecar.machine.acquire(f"job-{i}", None)
+        _, state = await sidecar.get("/state")
+        assert (len(state["leases"]), state["lease_count"], state["busy"]) == (100, 1500, True)
+        assert state["leases"][0]["lease"] == "job-0"  # the oldest first

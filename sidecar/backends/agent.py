@@ -9,11 +9,20 @@ from typing import Any, Literal
 
 import aiohttp
 
-from sidecar.backends.base import BackendError, Protection, ProtectionRefusedError
+from sidecar.backends.base import (
+    BackendError,
+    Protection,
+    ProtectionRefusedError,
+    http_date,
+    remaining_seconds,
+    switched,
+)
 
 # The agent gives ECS 4 s and its own server answers within 5 s; waiting a little
 # longer than that turns a hung agent into a retryable timeout, never a lost answer.
 AGENT_TIMEOUT_SECONDS = 10.0
+# The agent's answers are a few hundred bytes; anything far larger is not the agent.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class AgentBackend:
@@ -33,7 +42,7 @@ class AgentBackend:
         body: dict[str, object] = {"ProtectionEnabled": enabled}
         if enabled:
             body["ExpiresInMinutes"] = expires_minutes
-        return await self._request("PUT", body)
+        return switched(enabled, await self._request("PUT", body))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -48,23 +57,56 @@ class AgentBackend:
             )
         try:
             async with self._session.request(method, self.url, json=body) as response:
-                payload = await response.read()
+                payload = await _read_capped(response, MAX_ANSWER_BYTES)
                 status = response.status
+                date = response.headers.get("Date")
         except TimeoutError as exc:
             raise BackendError(
                 "Timeout",
                 f"no answer from the ECS agent within {self._timeout:g}s",
                 retryable=True,
+                uncertain=True,
             ) from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            # Not connected at all: the request never left, nothing can have changed.
             raise BackendError(
                 "ConnectionError", f"{type(exc).__name__}: {exc}".rstrip(": "), retryable=True
             ) from exc
-        return parse_answer(status, payload)
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            # Sent, but the answer was lost: the agent may have called ECS already.
+            raise BackendError(
+                "ConnectionError",
+                f"{type(exc).__name__}: {exc}".rstrip(": "),
+                retryable=True,
+                uncertain=True,
+            ) from exc
+        return parse_answer(status, payload, date)
 
 
-def parse_answer(status: int, payload: bytes) -> Protection:
-    """Map one agent answer to a Protection or a BackendError (see ECS-AGENT.md's table)."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, refusing to hold more than `limit` bytes in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BackendError(
+                "InvalidResponse",
+                f"the agent's answer is larger than {limit} bytes",
+                retryable=True,
+                status=response.status,
+                uncertain=True,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_answer(status: int, payload: bytes, date: str | None = None) -> Protection:
+    """Map one agent answer to a Protection or a BackendError (the agent's answers, one row each).
+
+    `date` is the answer's Date header: the agent's own clock, against which the
+    remaining protection is measured.
+    """
     doc = _json_object(payload)
     if status == 200:
         if doc is None:
@@ -73,9 +115,10 @@ def parse_answer(status: int, payload: bytes) -> Protection:
                 "the agent's answer is not a JSON object",
                 retryable=True,
                 status=status,
+                uncertain=True,
             )
         if isinstance(doc.get("protection"), dict):
-            return _protection(doc["protection"])
+            return _protection(doc["protection"], http_date(date))
         if isinstance(doc.get("failure"), dict):
             failure = doc["failure"]
             raise ProtectionRefusedError(
@@ -87,16 +130,30 @@ def parse_answer(status: int, payload: bytes) -> Protection:
             "the agent's answer has neither protection nor failure",
             retryable=True,
             status=status,
+            uncertain=True,
         )
 
     error = doc.get("error") if doc else None
     code = f"HTTP{status}"
     message = payload[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
     if isinstance(error, dict):
-        code = str(error.get("Code") or code)
-        message = str(error.get("Message") or message)
+        code = str(error.get("Code") or code)[:100]
+        message = str(error.get("Message") or message)[:500]
+    if status == 403 and code == "AccessDeniedException":
+        # The agent's own 403 (no requestID: ECS was not called). Either the task has no
+        # task role, or the agent restarted and has not re-fetched its credentials yet.
+        raise BackendError(
+            code,
+            f"{message} (either the task has no task role, or the ECS agent restarted and "
+            "has not fetched the task's credentials yet: that clears within seconds)",
+            retryable=False,
+            status=status,
+            maybe_transient=True,
+        )
     retryable = status == 429 or status >= 500 or (status == 400 and code == "ThrottlingException")
-    raise BackendError(code, message, retryable=retryable, status=status)
+    # A 5xx (ECS 500, the agent's 504 deadline) may come after ECS applied the change;
+    # a 429 or a 4xx means it was refused before.
+    raise BackendError(code, message, retryable=retryable, status=status, uncertain=status >= 500)
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | None:
@@ -107,7 +164,7 @@ def _json_object(payload: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _protection(doc: dict[str, Any]) -> Protection:
+def _protection(doc: dict[str, Any], server_time: datetime | None) -> Protection:
     enabled = doc.get("ProtectionEnabled")
     raw_date = doc.get("ExpirationDate")
     if not isinstance(enabled, bool) or not (raw_date is None or isinstance(raw_date, str)):
@@ -116,6 +173,7 @@ def _protection(doc: dict[str, Any]) -> Protection:
             f"unexpected protection object: {doc!r:.200}",
             retryable=True,
             status=200,
+            uncertain=True,
         )
     expires_at = None
     if raw_date is not None:
@@ -124,15 +182,21 @@ def _protection(doc: dict[str, Any]) -> Protection:
         except ValueError as exc:
             raise BackendError(
                 "InvalidResponse",
-                f"unreadable ExpirationDate {raw_date!r}",
+                f"unreadable ExpirationDate {raw_date[:100]!r}",
                 retryable=True,
                 status=200,
+                uncertain=True,
             ) from exc
         if expires_at.tzinfo is None:
             raise BackendError(
                 "InvalidResponse",
-                f"ExpirationDate without zone {raw_date!r}",
+                f"ExpirationDate without zone {raw_date[:100]!r}",
                 retryable=True,
                 status=200,
+                uncertain=True,
             )
-    return Protection(enabled=enabled, expires_at=expires_at if enabled else None)
+    if not enabled:
+        return Protection(enabled=False, expires_at=None)
+    return Protection(
+        enabled=True, expires_at=expires_at, remaining=remaining_seconds(expires_at, server_time)
+    )

@@ -12,12 +12,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
-from sidecar.backends.base import BackendError, Protection, ProtectionRefusedError
+from sidecar.backends.base import (
+    BackendError,
+    Protection,
+    ProtectionRefusedError,
+    http_date,
+    remaining_seconds,
+    switched,
+)
 from sidecar.metadata import TaskIdentity, task_identity
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from mypy_boto3_ecs import ECSClient
 
 CLIENT_CONFIG = BotoConfig(
@@ -81,9 +96,10 @@ class ApiBackend:
         }
         if enabled:
             params["expiresInMinutes"] = expires_minutes
-        return await asyncio.to_thread(
+        answer = await asyncio.to_thread(
             self._call, client.update_task_protection, identity, **params
         )
+        return switched(enabled, answer)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -115,11 +131,20 @@ class ApiBackend:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             retryable = code in RETRYABLE_CODES or status == 429 or status >= 500
             raise BackendError(
-                code, str(error.get("Message") or exc), retryable=retryable, status=status or None
+                code,
+                str(error.get("Message") or exc)[:500],
+                retryable=retryable,
+                status=status or None,
+                uncertain=status >= 500,  # ECS may have applied it before failing
             ) from exc
-        except BotoCoreError as exc:  # connection errors, timeouts
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            # Never connected: the request did not reach ECS.
             raise BackendError(
                 "ConnectionError", f"{type(exc).__name__}: {exc}", retryable=True
+            ) from exc
+        except BotoCoreError as exc:  # read timeouts, dropped connections: sent, answer lost
+            raise BackendError(
+                "ConnectionError", f"{type(exc).__name__}: {exc}", retryable=True, uncertain=True
             ) from exc
         return parse_answer(answer, identity)
 
@@ -133,5 +158,18 @@ def parse_answer(answer: dict[str, Any], identity: TaskIdentity) -> Protection:
         if str(task.get("taskArn", "")).rsplit("/", 1)[-1] == task_id:
             enabled = bool(task.get("protectionEnabled"))
             expires = task.get("expirationDate") if enabled else None
-            return Protection(enabled=enabled, expires_at=expires)
-    raise BackendError("InvalidResponse", "the answer does not mention this task", retryable=True)
+            return Protection(
+                enabled=enabled,
+                expires_at=expires,
+                remaining=remaining_seconds(expires, _date(answer)),
+            )
+    raise BackendError(
+        "InvalidResponse", "the answer does not mention this task", retryable=True, uncertain=True
+    )
+
+
+def _date(answer: dict[str, Any]) -> datetime | None:
+    """ECS's own clock: the Date header of its answer."""
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    value = headers.get("date") if isinstance(headers, dict) else None
+    return http_date(value if isinstance(value, str) else None)

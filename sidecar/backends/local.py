@@ -20,7 +20,6 @@ class LocalBackend:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._expires_wall: float | None = None
-        self.calls = 0
         log.warning(
             "backend 'local': protection is simulated in memory; nothing outside this "
             "process is protected (set ECS_AGENT_URI or TASK_PROTECTION_BACKEND on ECS)"
@@ -31,11 +30,9 @@ class LocalBackend:
         return "local"
 
     async def get(self) -> Protection:
-        self.calls += 1
         return self._state()
 
     async def set(self, enabled: bool, expires_minutes: int) -> Protection:
-        self.calls += 1
         self._expires_wall = self._clock.wall() + expires_minutes * 60 if enabled else None
         return self._state()
 

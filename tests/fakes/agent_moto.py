@@ -1,5 +1,7 @@
 """Plug moto into the fake agent: PUT and GET become UpdateTaskProtection and
-GetTaskProtection calls on the ECS API, answered the way the agent relays them."""
+GetTaskProtection calls on the ECS API. The fake agent wraps each call as the real agent
+does (SDK retries; the 4 s deadline, past which it answers 504 while the change still
+lands at moto), and counts every ECS call it makes."""
 
 from __future__ import annotations
 
@@ -9,15 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from tests.fakes.agent import (
-    Task,
-    ecs_error_response,
-    failure_response,
-    protection_response,
-)
+from tests.fakes.agent import EcsAnswer
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from tests.fakes.agent import Task, Update
 
 
 class MotoEcs:
@@ -30,24 +27,23 @@ class MotoEcs:
         self.updates = 0
         self.gets = 0
 
-    async def __call__(
-        self, task: Task, update: tuple[bool | None, int | None] | None
-    ) -> web.Response:
+    async def __call__(self, task: Task, update: Update | None) -> EcsAnswer:
         try:
             answer = await asyncio.to_thread(self._call, task, update)
         except ClientError as exc:
             error = exc.response["Error"]
             status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
-            return ecs_error_response(task, status, error["Code"], error.get("Message", ""))
+            return EcsAnswer(status, code=error["Code"], message=error.get("Message", ""))
         for failure in answer.get("failures", []):
-            return failure_response(task, failure["reason"], failure.get("detail"))
+            return EcsAnswer(failure=(failure["reason"], failure.get("detail")))
         entry = answer["protectedTasks"][0]
         expires = entry.get("expirationDate")
-        return protection_response(
-            task, bool(entry["protectionEnabled"]), expires.timestamp() if expires else None
+        return EcsAnswer(
+            enabled=bool(entry["protectionEnabled"]),
+            expires_wall=expires.timestamp() if expires else None,
         )
 
-    def _call(self, task: Task, update: tuple[bool | None, int | None] | None) -> Any:
+    def _call(self, task: Task, update: Update | None) -> Any:
         with self._lock:
             if update is None:
                 self.gets += 1

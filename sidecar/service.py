@@ -1,0 +1,213 @@
+"""The one object the edges talk to: HTTP, signals and stop detection each call one verb.
+
+`ProtectionService` owns the state machine, its asyncio shell (the reconciler) and the
+protocol between them: an event changes the machine, the reconciler is woken to act on
+it, and requests waiting for confirmation are told whenever the state moves. Nothing
+outside this module touches the machine's fields or the reconciler's wake/notify; what
+the outside may see of the state is a `View`, built here for /state and /metrics alike.
+
+    POST /busy -> busy() -> Machine.acquire -> Reconciler wakes -> backend call
+              -> Machine.on_success -> waiters notified -> BusyOutcome -> HTTP answer
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from sidecar.leases import LeaseTable, TooManyLeasesError
+from sidecar.machine import DrainingError, Machine
+from sidecar.reconciler import Reconciler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sidecar.backends.base import Backend
+    from sidecar.clock import Clock
+    from sidecar.machine import ErrorInfo, Exit, Policy
+
+log = logging.getLogger("sidecar.service")
+
+
+@dataclass(frozen=True, slots=True)
+class BusyOutcome:
+    """What became of a busy request."""
+
+    status: Literal["protected", "unconfirmed", "draining", "full"]
+    lease: str
+    leases: int  # held after the request
+    expires_wall: float | None = None  # protected: confirmed until then
+    reason: str = ""  # unconfirmed: why
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    id: str
+    since_wall: float
+    expires_wall: float | None
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The state as people and monitoring see it, read from the machine in one place."""
+
+    leases: tuple[LeaseView, ...]  # the oldest first, at most the limit asked for
+    lease_count: int
+    protected: bool
+    state: str  # on, off, unknown
+    expires_wall: float | None  # confirmed protection ends then
+    seconds_left: float  # of confirmed protection
+    backend: str
+    last_error: ErrorInfo | None
+    calls: dict[tuple[str, str], int]  # (op, outcome) -> n
+    retries: int
+    leases_expired: int
+    in_flight: str | None
+    renew_at_wall: float | None
+    next_retry_wall: float | None
+    capped: bool
+    idle_since_wall: float | None
+    draining: bool
+    drain_deadline_wall: float | None
+
+    @property
+    def busy(self) -> bool:
+        return self.lease_count > 0
+
+
+class ProtectionService:
+    """Leases in, protection confirmed (or not) out; drain and exit on request."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        backend: Backend,
+        clock: Clock,
+        *,
+        max_leases: int,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.backend = backend
+        self.machine = Machine(policy, clock, LeaseTable(max_leases), rand)
+        self.reconciler = Reconciler(self.machine, backend, clock)
+        self._clock = clock
+
+    # ---- verbs ------------------------------------------------------------------
+
+    async def busy(self, lease: str, ttl: float | None, wait: float) -> BusyOutcome:
+        """Take or refresh `lease`; wait up to `wait` seconds for confirmed protection."""
+        machine = self.machine
+        try:
+            machine.acquire(lease, ttl)
+        except DrainingError:
+            return BusyOutcome("draining", lease, len(machine.leases))
+        except TooManyLeasesError:
+            return BusyOutcome("full", lease, len(machine.leases))
+        protected = machine.protected()
+        if ttl is not None or not protected:
+            self.reconciler.wake()  # a new TTL timer, or protection to ask for
+        if not protected and wait > 0:
+            protected = await self.reconciler.wait_protected(lease, wait)
+        if protected:
+            return BusyOutcome(
+                "protected", lease, len(machine.leases), machine.confirmed_until_wall()
+            )
+        error = machine.retry.last_error
+        reason = (
+            f"{error.code}: {error.message}"
+            if error
+            else "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
+            if machine.belief.capped
+            else f"not confirmed within {wait:g}s"
+        )
+        return BusyOutcome("unconfirmed", lease, len(machine.leases), reason=reason)
+
+    def idle(self, lease: str) -> tuple[bool, int]:
+        """Release `lease`: (whether it was held, leases still held)."""
+        machine = self.machine
+        released = machine.release(lease)
+        if released:
+            self.reconciler.notify()  # a /busy may be waiting on this very lease
+            if not machine.leases:
+                self.reconciler.wake()  # start the idle grace timer
+        return released, len(machine.leases)
+
+    def release_all(self) -> int:
+        """The operator's override: drop every lease; protection ends after the grace."""
+        count = self.machine.release_all()
+        if count:
+            log.warning("operator released all %d lease(s)", count, extra={"released": count})
+            self.reconciler.notify()
+            self.reconciler.wake()
+        return count
+
+    def drain(self, *, exit_when_idle: bool, timeout: float | None = None) -> int:
+        """Refuse new leases from now on; with exit_when_idle, run() ends once none is held
+        (or after `timeout`). Idempotent. Returns the leases held."""
+        self.machine.start_drain(timeout, exit_when_idle=exit_when_idle)
+        self.reconciler.wake()
+        return len(self.machine.leases)
+
+    def force_exit(self, code: int, reason: str) -> None:
+        self.reconciler.force_exit(code, reason)
+
+    @property
+    def draining(self) -> bool:
+        return self.machine.drain.draining
+
+    @property
+    def lease_count(self) -> int:
+        return len(self.machine.leases)
+
+    async def run(self) -> Exit:
+        """Drive protection until drained or forced to exit."""
+        return await self.reconciler.run()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    # ---- the view ---------------------------------------------------------------
+
+    def snapshot(self, lease_limit: int) -> View:
+        """The state now; at most `lease_limit` leases listed (the oldest), all counted."""
+        machine = self.machine
+        now, wall = self._clock.monotonic(), self._clock.wall()
+
+        def wall_of(moment: float | None) -> float | None:
+            return None if moment is None else wall + moment - now
+
+        live = [
+            lease
+            for lease in machine.leases.leases()
+            if lease.expires is None or lease.expires > now
+        ]
+        oldest = heapq.nsmallest(lease_limit, live, key=lambda lease: lease.since_wall)
+        until = machine.confirmed_until()
+        belief = machine.belief
+        return View(
+            leases=tuple(
+                LeaseView(lease.id, lease.since_wall, lease.expires_wall, lease.ttl)
+                for lease in oldest
+            ),
+            lease_count=len(live),
+            protected=until is not None,
+            state=machine.state(),
+            expires_wall=machine.confirmed_until_wall(),
+            seconds_left=0.0 if until is None else max(0.0, until - now),
+            backend=self.backend.name,
+            last_error=machine.retry.last_error,
+            calls=dict(machine.counters.calls),
+            retries=machine.counters.retries,
+            leases_expired=machine.counters.leases_expired,
+            in_flight=machine.inflight.op.value if machine.inflight else None,
+            renew_at_wall=wall_of(belief.renew_at) if until is not None else None,
+            next_retry_wall=wall_of(machine.retry.at),
+            capped=belief.capped,
+            idle_since_wall=wall_of(machine.idle_since),
+            draining=machine.drain.draining,
+            drain_deadline_wall=wall_of(machine.drain.deadline),
+        )

@@ -1,0 +1,85 @@
+"""Release hygiene: one version (the package metadata) everywhere it is written, a licence
+in both distributions, an image that says what it is and carries no unused botocore."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def test_the_version_is_written_the_same_everywhere():
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    openapi = json.loads((ROOT / "sidecar" / "openapi.json").read_text())
+    task = json.loads((ROOT / "ecs" / "task-definition.json").read_text())
+    [sidecar] = [c for c in task["containerDefinitions"] if c["name"] == "protection"]
+    readme = (ROOT / "README.md").read_text()
+    app_image = (ROOT / "examples" / "Dockerfile.app").read_text()
+    assert importlib.metadata.version("ecs-protection-sidecar") == VERSION
+    assert client["version"] == VERSION
+    assert openapi["info"]["version"] == VERSION
+    assert sidecar["image"].rsplit(":", 1)[1] == VERSION
+    assert re.search(r"^ARG VERSION=(\S+)$", DOCKERFILE, flags=re.MULTILINE)[1] == VERSION
+    tags = re.findall(r"ecs-protection-sidecar:(\d+\.\d+\.\d+)", readme + DOCKERFILE)
+    pins = re.findall(r'"ecs-protection==([\w.]+)"', readme + app_image)
+    assert tags
+    assert pins
+    assert set(tags) | set(pins) == {VERSION}
+
+
+@pytest.mark.parametrize("distribution", [ROOT, ROOT / "client"])
+def test_each_distribution_ships_the_apache_licence(distribution):
+    project = tomllib.loads((distribution / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (distribution / "LICENSE").read_text()
+    assert "Apache License" in text.splitlines()[0]
+    assert "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert project["classifiers"]
+    assert set(project["urls"]) >= {"Homepage", "Source", "Issues"}
+
+
+def test_the_image_has_oci_labels_that_follow_the_version():
+    labels = dict(
+        re.findall(
+            r"(org\.opencontainers\.image\.\w+)=\"([^\"]*)\"", DOCKERFILE.replace("\\\n", "")
+        )
+    )
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+
+
+@pytest.mark.parametrize(
+    ("extras", "wheel", "package"),
+    [
+        ("", ".", "ecs-protection-sidecar=={v}"),
+        ("api", ".[api]", "ecs-protection-sidecar[api]=={v}"),
+    ],
+)
+def test_the_default_image_has_no_botocore_and_the_api_image_has(extras, wheel, package):
+    """What the RUN lines install, expanded by the image's own shell (/bin/sh)."""
+    joined = DOCKERFILE.replace("\\\n", " ")
+    build_spec = re.search(r'pip wheel .* "(\.[^"]*)"', joined)[1]
+    install_spec = re.search(r'--find-links=/wheels\s+"([^"]+)"', joined)[1]
+    script = f'printf "%s\\n" "{build_spec}" "{install_spec}"'
+    out = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={"EXTRAS": extras, "VERSION": VERSION},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [wheel, package.format(v=VERSION)]
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(dep.startswith(("boto3", "botocore")) for dep in base)

@@ -1,0 +1,73 @@
+"""The HTTP server itself, on a real socket: what aiohttp answers on its own (malformed
+requests) keeps the API's JSON shape without a traceback in the log, and a client that
+never finishes its headers is cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from aiohttp import web
+
+from sidecar.backends.local import LocalBackend
+from sidecar.clock import SystemClock
+from sidecar.machine import Policy
+from sidecar.server import make_runner
+from sidecar.service import ProtectionService
+from sidecar.web import Api, build_app
+from tests.fakes.clock import FakeClock
+
+
+@pytest.fixture
+async def served():
+    service = ProtectionService(Policy(), LocalBackend(FakeClock()), SystemClock(), max_leases=10)
+    api = Api(service, "0123456789abcdef-token")
+    runner = make_runner(build_app(api), header_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def exchange(port: int, request: bytes) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    assert b"application/json" in head
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /busy HTTP/1.1\r\nHost: x\r\nBad Header: y\r\nContent-Length: 0\r\n\r\n",
+        b"POST /busy HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /busy HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+    ],
+)
+async def test_malformed_requests_get_the_json_error_body_and_no_traceback(
+    served, caplog, request_bytes
+):
+    caplog.set_level(logging.DEBUG)
+    status, body = await exchange(served, request_bytes)
+    assert 400 <= status < 500
+    assert set(body["error"]) == {"code", "message"}
+    assert all(record.exc_info is None for record in caplog.records)
+    assert not any("Traceback" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_client_that_never_finishes_its_headers_is_cut_off(served):
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    writer.write(b"POST /busy HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    await writer.drain()
+    closed = await asyncio.wait_for(reader.read(), 10)  # EOF within the header timeout
+    assert closed == b""
+    writer.close()
