@@ -33,11 +33,11 @@ def clock():
 def shutdown(clock):
     """A GracefulShutdown the job counter reports to, without real signal handlers."""
     assert jobs.active == 0
-    saved = jobs.shutdown, jobs.last_ended
+    saved = jobs.shutdown, jobs.last_ended, jobs.checked
     made = GracefulShutdown(grace_seconds=5, clock=clock)
-    jobs.shutdown, jobs.last_ended = made, None
+    jobs.shutdown, jobs.last_ended, jobs.checked = made, None, True
     yield made
-    jobs.shutdown, jobs.last_ended = saved
+    jobs.shutdown, jobs.last_ended, jobs.checked = saved
 
 
 @pytest.fixture
@@ -85,6 +85,14 @@ def test_just_after_a_job_the_ack_gets_the_rest_of_the_grace(shutdown, client, c
     term(shutdown)  # no SystemExit: the code after the block may still be running
     assert shutdown.requested
     assert shutdown.deadline == clock.now + 3
+
+
+def test_once_the_loop_checked_requested_after_a_job_it_is_idle(shutdown, client):
+    """Back at `while not shutdown.requested`: the ack is done, receive() is idle."""
+    client.hold().release()
+    assert not shutdown.requested
+    with pytest.raises(SystemExit):
+        term(shutdown)
 
 
 def test_once_the_grace_after_a_job_passed_it_is_idle(shutdown, client, clock):

@@ -9,8 +9,9 @@
 
 The rule (also in the README):
 
-- SIGTERM while no busy() block runs, and none ended within `grace_seconds`, raises
-  SystemExit at once: there is no job to lose.
+- SIGTERM while idle raises SystemExit at once: there is no job to lose. Idle means
+  no busy() block runs and the code after the last one is done: the app has read
+  `shutdown.requested` since (the loop's check), or `grace_seconds` have passed.
 - Otherwise the signal only sets `requested`. Nothing is raised from inside a block
   or from its exit: the job ends normally and the code after the block (the ack)
   runs. The process stops at the next safe point:
@@ -58,6 +59,9 @@ class _JobCounter:
         self._lock = threading.Lock()
         self.active = 0
         self.last_ended: float | None = None  # GracefulShutdown's clock
+        # Whether `requested` was read since the last block ended: the loop is back at
+        # its check, so the code after the block (the ack) is done.
+        self.checked = True
         self.shutdown: GracefulShutdown | None = None
 
     def enter(self) -> None:
@@ -73,6 +77,7 @@ class _JobCounter:
             # The end time is written before the count drops: a signal handler that
             # sees no job running also sees when the last one ended.
             if self.active == 1 and shutdown is not None:
+                self.checked = False
                 self.last_ended = shutdown.clock()
             self.active -= 1
             last = self.active == 0
@@ -84,6 +89,7 @@ class _JobCounter:
         self._lock = threading.Lock()
         self.active = 0
         self.last_ended = None
+        self.checked = True
         if self.shutdown is not None:
             self.shutdown.after_fork()
 
@@ -133,6 +139,7 @@ class GracefulShutdown:
     @property
     def requested(self) -> bool:
         """True once a stop signal arrived: finish the current job, start no new one."""
+        jobs.checked = True  # the app is at its safe point: past any ack
         return self._requested
 
     @property
@@ -170,7 +177,7 @@ class GracefulShutdown:
         if jobs.active:
             log.info("%s while %d job(s) run: stopping after them", self.signal_name, jobs.active)
         else:
-            # A job ended moments ago: the code after its block (the ack) may still run.
+            # The code after the last block (the ack) has not reached the loop's check.
             log.info("%s just after a job: stopping at the next safe point", self.signal_name)
             self._arm(jobs.last_ended)
 
@@ -178,8 +185,9 @@ class GracefulShutdown:
         if jobs.active:
             return False
         ended = jobs.last_ended
-        grace = self.grace_seconds or 0.0
-        return ended is None or self.clock() - ended >= grace
+        if ended is None or jobs.checked:
+            return True
+        return self.clock() - ended >= (self.grace_seconds or 0.0)
 
     def _arm(self, ended: float | None) -> None:
         if self.grace_seconds is None or ended is None:
