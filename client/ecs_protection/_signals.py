@@ -65,11 +65,17 @@ class BlockedSignals:
         return set(self._previous)
 
     def wait(self, timeout: float) -> list[int]:
-        got: list[int] = []
         info = signal.sigtimedwait(self._signals, max(0.0, timeout))
-        while info is not None:
+        if info is None:
+            return []
+        got = [info.si_signo]
+        # What else is pending now: each standard signal is pending at most once, so
+        # this is bounded even while a storm goes on (the loop then reaps and returns).
+        for _ in self._signals:
+            info = signal.sigtimedwait(self._signals, 0)
+            if info is None:
+                break
             got.append(info.si_signo)
-            info = signal.sigtimedwait(self._signals, 0)  # each pending signal once
         return got
 
 
