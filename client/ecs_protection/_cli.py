@@ -57,7 +57,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        # One line (argparse also prints the usage): the problem is in the message.
+        # One line, without argparse's usage block: the message names the problem.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
