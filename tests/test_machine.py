@@ -507,3 +507,35 @@ def test_a_403_that_persists_slows_down_to_the_slow_retry():
     assert late
     assert all(gap == 60.0 for gap in late)
     assert len([t for t in enables if t < 60]) <= 12
+
+
+def test_busy_time_without_confirmed_protection_is_counted_exactly():
+    """Throttled for the first 20 s: the job is unprotected until the retry at 31.5 s
+    succeeds (back-off 0.5, 1, 2, 4, 8, 16); protected or idle time never counts."""
+    h = started()
+    h.failing = throttled()
+    h.busy()
+    h.run_for(20)
+    h.failing = None
+    h.run_for(3600)
+    assert h.machine.unprotected_busy_seconds() == 31.5
+    h.idle()
+    h.run_for(600)
+    assert h.machine.unprotected_busy_seconds() == 31.5
+
+
+def test_unprotected_time_in_progress_is_visible_before_the_next_event():
+    h = started()
+    h.failing = denied()
+    h.busy()
+    h.clock.advance(12.5)  # no event since the failure at 0
+    assert h.machine.unprotected_busy_seconds() == 12.5
+
+
+def test_leases_refused_while_draining_are_counted():
+    h = started()
+    h.machine.start_drain(None, exit_when_idle=False)
+    for lease in ("a", "b"):
+        with pytest.raises(DrainingError):
+            h.machine.acquire(lease, None)
+    assert h.machine.counters.refused_draining == 2
