@@ -73,6 +73,12 @@ class Policy:
     # Floor between two renewals, so a backend that returns an expiry in the past
     # (or a wall clock far off) cannot make the sidecar renew in a tight loop.
     min_renew_gap: float = 10.0
+    # Tasks started together (a deployment, a scale-out) enable in the same minute and
+    # would renew in the same minute every period, against one account-wide throttle.
+    # So the first renewal after start comes at a random moment of this fraction of the
+    # renewal cycle (up to the margin); later ones keep the phase it picked. It costs at
+    # most one early renewal per sidecar lifetime. 0: no spread.
+    renew_spread: float = 0.75
 
     @property
     def period(self) -> float:
@@ -82,6 +88,11 @@ class Policy:
     def renew_margin(self) -> float:
         # Half the period, at most five minutes: room for many retries before expiry.
         return min(300.0, self.period / 2)
+
+    @property
+    def renew_window(self) -> float:
+        """How much earlier than the margin the first renewal after start may come."""
+        return (self.period - self.renew_margin) * self.renew_spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,7 @@ class Machine:
         self.expires: float | None = None  # monotonic
         self.expires_wall: float | None = None  # as the backend returned it
         self.renew_at: float | None = None
+        self.renew_phase_chosen = False  # see Policy.renew_spread
         # No enable before this: set by each confirmed enable, so that a backend that
         # answers with an expiry already past cannot make the machine call in a loop.
         self.enable_floor: float | None = None
@@ -216,7 +228,13 @@ class Machine:
         self.expires_wall = (
             protection.expires_at.timestamp() if protection.expires_at else wall_now + expires - now
         )
-        self.renew_at = max(expires - self.policy.renew_margin, now + self.policy.min_renew_gap)
+        renew_at = expires - self.policy.renew_margin
+        if not self.renew_phase_chosen:
+            self.renew_phase_chosen = True
+            # 1 - rand: a rand of 1 keeps the latest moment. Only ever earlier: the margin
+            # before expiry is never cut.
+            renew_at -= (1.0 - self._rand()) * self.policy.renew_window
+        self.renew_at = max(renew_at, now + self.policy.min_renew_gap)
         if call.op is Op.ENABLE:
             self.enable_floor = now + self.policy.min_renew_gap
         if self.protected_since is None:
