@@ -78,6 +78,57 @@ class Scenario:
 
 
 @dataclass
+class Tally:
+    """ECS calls against the theoretical minimum over one window [start, end) of a run.
+
+    The minimum comes from the leases alone: one enable per busy period (jobs closer than
+    the idle grace share one), one renewal per whole expiry period of it (the least that
+    keeps it covered, each call protecting for one period), one disable per idle gap
+    longer than the grace. A busy period that began before the window is granted a call
+    just before its start (the most favourable case), so the minimum stays a lower bound.
+    """
+
+    start: float
+    end: float
+    ecs_calls: int = 0
+    task_seconds: float = 0.0
+    enables: int = 0
+    renewals: int = 0
+    disables: int = 0
+
+    def busy_period(self, begun: float, ended: float, period: float, disable_at: float | None):
+        if self.start <= begun < self.end:
+            self.enables += 1
+        covered = min(ended, self.end) - max(begun, self.start)
+        if covered > 0:
+            self.renewals += int(covered // period)
+        if disable_at is not None and self.start <= disable_at < self.end:
+            self.disables += 1
+
+    @property
+    def task_hours(self) -> float:
+        return self.task_seconds / 3600.0
+
+    @property
+    def minimum_calls(self) -> int:
+        return self.enables + self.renewals + self.disables
+
+    @property
+    def calls_per_task_hour(self) -> float:
+        return self.ecs_calls / self.task_hours if self.task_hours else 0.0
+
+    @property
+    def minimum_per_task_hour(self) -> float:
+        return self.minimum_calls / self.task_hours if self.task_hours else 0.0
+
+    @property
+    def over_minimum(self) -> float | None:
+        """Calls over the minimum, as a fraction of it."""
+        minimum = self.minimum_calls
+        return self.ecs_calls / minimum - 1.0 if minimum else None
+
+
+@dataclass
 class Result:
     """Everything measured in one scenario."""
 
@@ -95,10 +146,7 @@ class Result:
     busy_periods_never_protected: int = 0  # ended before protection was confirmed
     busy_unprotected_seconds: float = 0.0  # a lease held while ECS had no protection
     lapses: int = 0  # ECS protection expired while a lease was held
-    task_seconds: float = 0.0
-    min_enables: int = 0
-    min_renewals: int = 0
-    min_disables: int = 0
+    calls: Tally = field(default_factory=lambda: Tally(0.0, 0.0))
     renewals_per_minute: list[int] = field(default_factory=list)
     ecs_per_second: list[int] = field(default_factory=list)
     throttled_per_second: list[int] = field(default_factory=list)
@@ -107,22 +155,6 @@ class Result:
     # From the storm's end until every task then busy and unprotected is protected again
     # (or idle); 0 when none was, inf when one never was, None without a storm.
     reprotect_after_storm: float | None = None
-
-    @property
-    def task_hours(self) -> float:
-        return self.task_seconds / 3600.0
-
-    @property
-    def minimum_calls(self) -> int:
-        return self.min_enables + self.min_renewals + self.min_disables
-
-    @property
-    def calls_per_task_hour(self) -> float:
-        return self.ecs_calls / self.task_hours if self.task_hours else 0.0
-
-    @property
-    def minimum_per_task_hour(self) -> float:
-        return self.minimum_calls / self.task_hours if self.task_hours else 0.0
 
     @property
     def seconds_to_protect_all(self) -> float:
@@ -245,6 +277,7 @@ class Simulation:
         self.result = Result(
             scenario,
             policy,
+            calls=Tally(0.0, scenario.seconds),
             renewals_per_minute=[0] * (seconds // 60 + 1),
             ecs_per_second=[0] * (seconds + 1),
             throttled_per_second=[0] * (seconds + 1),
@@ -484,26 +517,18 @@ class Simulation:
     # ---- measuring ------------------------------------------------------------
 
     def _busy_edge(self, task: _Task, now: float) -> None:
-        """A lease is taken with none held: close the idle gap, maybe open a busy period.
-
-        The theoretical minimum, from the leases alone: one enable per busy period (jobs
-        closer than the idle grace share one), one renewal per whole expiry period of
-        it, one disable per idle gap longer than the grace.
-        """
+        """A lease is taken with none held: the idle gap ends, maybe a busy period begins."""
         self._accrue(task, now)
         if task.period_start is None:
             task.period_start = now
-            self.result.min_enables += 1
         elif now - task.period_end > self.policy.idle_grace:
             self._close_period(task, task.period_end, idle_after=True)
             task.period_start = now
-            self.result.min_enables += 1
 
     def _close_period(self, task: _Task, end: float, *, idle_after: bool) -> None:
-        start = task.period_start if task.period_start is not None else end
-        self.result.min_renewals += int((end - start) // self.policy.period)
-        if idle_after:
-            self.result.min_disables += 1
+        begun = task.period_start if task.period_start is not None else end
+        disable_at = end + self.policy.idle_grace if idle_after else None
+        self.result.calls.busy_period(begun, end, self.policy.period, disable_at)
 
     def _accrue(self, task: _Task, now: float) -> None:
         """Add the time a lease was held without ECS protection since the last look."""
@@ -544,10 +569,12 @@ class Simulation:
         result = self.result
         result.ecs_calls = self.ecs.calls
         result.throttled_calls = self.ecs.throttled
+        tally = result.calls
+        tally.ecs_calls = sum(result.ecs_per_second[int(tally.start) : math.ceil(end)])
         for task in self.tasks:
             if task.machine is None:
                 continue
-            result.task_seconds += end - task.started
+            tally.task_seconds += max(0.0, end - max(task.started, tally.start))
             self._accrue(task, end)
             if task.period_start is None:
                 continue
