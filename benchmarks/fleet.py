@@ -212,7 +212,7 @@ ROWS = (
     ("peak ECS calls in a second", "peak_ecs_calls_per_second"),
     ("every task's first protection, worst (s)", "seconds_to_protect_all"),
     ("job start to protection, worst (s)", "seconds_to_protect_max"),
-    ("renewal calls in the busiest minute", "renewals_busiest_minute"),
+    ("renewals in the busiest minute", "renewals_busiest_minute"),
     ("renewal peak / mean per minute", "renewal_peak_to_mean"),
     ("ECS calls during the storm", "ecs_calls_during_storm"),
     ("busy, unprotected at storm end", "busy_unprotected_at_storm_end"),

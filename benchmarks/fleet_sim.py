@@ -455,9 +455,11 @@ class Simulation:
     def _call(self, task: _Task, call: Call) -> None:
         now = self.clock.now
         kind = call.op.value
-        if call.op is Op.ENABLE and self._machine(task).protected_flag:
+        machine = self._machine(task)
+        if call.op is Op.ENABLE and machine.protected_flag:
             kind = "renew"
-            self.result.renewals_per_minute[int(now // 60)] += 1
+            if not machine.failures:  # a renewal falling due, not a retry of one
+                self.result.renewals_per_minute[int(now // 60)] += 1
         calls = self.result.agent_calls
         calls[kind] = calls.get(kind, 0) + 1
         task.call = call
