@@ -142,7 +142,8 @@ class Result:
     jobs_started_unprotected: int = 0
     # From the first job of a busy period waiting for protection to its confirmation.
     protect_delays: list[float] = field(default_factory=list)
-    first_protect_delays: list[float] = field(default_factory=list)  # each task's first
+    # Each task's first busy period; inf when it ended before protection was confirmed.
+    first_protect_delays: list[float] = field(default_factory=list)
     busy_periods_never_protected: int = 0  # ended before protection was confirmed
     busy_unprotected_seconds: float = 0.0  # a lease held while ECS had no protection
     lapses: int = 0  # ECS protection expired while a lease was held
@@ -159,10 +160,6 @@ class Result:
     @property
     def seconds_to_protect_all(self) -> float:
         """The longest wait of a task's first busy period for protection (inf: never came)."""
-        if self.busy_periods_never_protected and len(self.first_protect_delays) < (
-            self.scenario.tasks
-        ):
-            return math.inf
         return max(self.first_protect_delays, default=0.0)
 
     @property
@@ -382,6 +379,9 @@ class Simulation:
             if task.unconfirmed_since is not None:
                 self.result.busy_periods_never_protected += 1
                 task.unconfirmed_since = None
+                if task.first_period:
+                    self.result.first_protect_delays.append(math.inf)
+                    task.first_period = False
         machine.release(lease)
         if not machine.leases:
             self._settle(task)  # the idle grace starts
