@@ -89,6 +89,12 @@ class Policy:
     # expiry still ahead but closer than twice this is renewed half-way to it instead:
     # the floor must never push a renewal past the expiry.
     min_renew_gap: float = 10.0
+    # Tasks started together (a deployment, a scale-out) enable in the same minute and
+    # would renew in the same minute every period, against one account-wide throttle.
+    # So the first renewal after start comes at a random moment of this fraction of the
+    # renewal cycle (up to the margin); later ones keep the phase it picked. It costs at
+    # most one early renewal per sidecar lifetime. 0: no spread.
+    renew_spread: float = 0.75
 
     @property
     def period(self) -> float:
@@ -98,6 +104,11 @@ class Policy:
     def renew_margin(self) -> float:
         # Half the period, at most five minutes: room for many retries before expiry.
         return min(300.0, self.period / 2)
+
+    @property
+    def renew_window(self) -> float:
+        """How much earlier than the margin the first renewal after start may come."""
+        return (self.period - self.renew_margin) * self.renew_spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,7 @@ class Belief:
     enable_floor: float | None = None
     since: float | None = None  # continuously protected since (for the cap)
     capped: bool = False  # the cap was reached in this busy period: no more renewals
+    phase_chosen: bool = False  # the first renewal was spread (Policy.renew_spread)
 
     def off(self) -> None:
         self.on = False
@@ -476,7 +488,13 @@ class Machine:
             return now + gap  # already past (a lying backend or clock): no tight loop
         if ahead < 2 * gap:
             return now + ahead / 2
-        return max(expires - self.policy.renew_margin, now + gap)
+        renew_at = expires - self.policy.renew_margin
+        if not self.belief.phase_chosen:
+            self.belief.phase_chosen = True
+            # 1 - rand: a rand of 1 keeps the latest moment. Only ever earlier: the margin
+            # before expiry is never cut.
+            renew_at -= (1.0 - self._rand()) * self.policy.renew_window
+        return max(renew_at, now + gap)
 
     def _retry_delay(self, now: float, error: BackendError) -> float:
         policy, retry = self.policy, self.retry
