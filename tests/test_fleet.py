@@ -101,7 +101,7 @@ def test_a_persistent_throttle_is_three_ecs_calls_then_400_or_504_past_the_deadl
     assert {error_code(a) for a in canceled} == {"RequestCanceled"}
     assert all(a.at < AGENT_DEADLINE + 0.01 for a in throttled)
     assert all(a.at == pytest.approx(AGENT_DEADLINE, abs=0.01) for a in canceled)
-    # Surfacing after ~1.8 s is typical (ECS-AGENT.md); retries past 4 s are not rare.
+    # Surfacing after ~1.8 s is typical for the real agent; retries past 4 s are not rare.
     assert 1.2 <= statistics.mean(a.at for a in throttled) <= 3.0
     assert 0.1 <= len(canceled) / len(answers) <= 0.5
 

@@ -11,9 +11,10 @@ from sidecar.machine import Op, Policy
 from tests.harness import Harness
 
 ENABLE, DISABLE = Op.ENABLE, Op.DISABLE
-PERIOD = 3600.0
-MARGIN = 300.0
-CYCLE = PERIOD - MARGIN  # 55 minutes between renewals
+PERIOD = Policy().period
+MARGIN = Policy().renew_margin
+CYCLE = PERIOD - MARGIN  # 56 minutes between renewals
+SPREAD = Policy().renew_spread
 
 
 def enables(h: Harness) -> list[float]:
@@ -27,15 +28,15 @@ def busy_from_start(rand: float, policy: Policy | None = None) -> Harness:
     return h
 
 
-def test_the_default_spreads_the_first_renewal_over_three_quarters_of_the_cycle():
-    """The default window: from 13.75 to 55 minutes after the first enable."""
-    assert Policy().renew_spread == 0.75
-    assert Policy().renew_window == 0.75 * CYCLE
+def test_the_default_spreads_the_first_renewal_over_nine_tenths_of_the_cycle():
+    """The default window: from 5.6 to 56 minutes after the first enable."""
+    assert SPREAD == 0.9
+    assert Policy().renew_window == pytest.approx(0.9 * CYCLE)
 
 
 @pytest.mark.parametrize(
     ("rand", "first_renewal"),
-    [(1.0, CYCLE), (0.5, CYCLE - 0.5 * 0.75 * CYCLE), (0.0, CYCLE - 0.75 * CYCLE)],
+    [(1.0, CYCLE), (0.5, CYCLE - 0.5 * SPREAD * CYCLE), (0.0, CYCLE - SPREAD * CYCLE)],
 )
 def test_first_renewal_after_start_comes_at_the_phase_rand_picks(rand, first_renewal):
     """rand 1 keeps the usual moment; lower values renew earlier, never later."""
@@ -48,7 +49,7 @@ def test_later_renewals_keep_the_phase_the_first_one_picked():
     """After the first renewal each comes a full cycle after the previous, never sooner."""
     h = busy_from_start(0.0)
     h.run_for(3 * 3600, check=True)
-    first = CYCLE - 0.75 * CYCLE
+    first = CYCLE - SPREAD * CYCLE
     assert enables(h) == pytest.approx([0.0, *(first + k * CYCLE for k in range(4))])
 
 
@@ -73,7 +74,7 @@ def test_adopted_protection_counts_as_the_first():
     h.busy()
     h.run_for(PERIOD, check=True)
     renewal = enables(h)[0]
-    assert renewal == pytest.approx(CYCLE - 0.5 * 0.75 * CYCLE)
+    assert renewal == pytest.approx(CYCLE - 0.5 * SPREAD * CYCLE)
 
 
 def test_no_spread_when_turned_off():
@@ -90,7 +91,7 @@ def test_a_fleet_started_together_renews_spread_over_the_window():
         h = busy_from_start((i + 0.5) / 100)
         h.run_for(CYCLE + 1, check=True)
         renewals.append(enables(h)[1])
-    assert min(renewals) >= CYCLE - 0.75 * CYCLE
+    assert min(renewals) >= CYCLE - SPREAD * CYCLE
     assert max(renewals) <= CYCLE  # never closer to expiry than the margin
     per_minute = [0] * 60
     for at in renewals:
