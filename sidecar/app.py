@@ -11,6 +11,7 @@ from aiohttp import web
 from sidecar.backends import create_backend
 from sidecar.clock import Clock, SystemClock
 from sidecar.drain import SignalDrain
+from sidecar.emf import EmfReporter
 from sidecar.machine import Policy
 from sidecar.metadata import StopWatcher
 from sidecar.server import make_runner
@@ -50,11 +51,18 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         try:
             await site.start()
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)  # noqa: TRY400
+            log.error(  # noqa: TRY400  (the message is the whole story)
+                "cannot listen on %s:%d: %s",
+                config.host,
+                config.port,
+                exc,
+                extra={"event": "listen_failed"},
+            )
             return EXIT_ERROR
         port = _bound_port(runner) or config.port
         drain.install()
         watcher = _start_stop_detection(config, service)
+        emf = _start_emf(config, service, clock)
         log.info(
             "ecs-protection-sidecar listening on http://%s:%d with backend %s (%s)%s",
             config.host,
@@ -62,13 +70,14 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             service.backend.name,
             config.backend_reason,
             " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
-            extra={"config": config.describe(), "port": port},
+            extra={"event": "listening", "config": config.describe(), "port": port},
         )
         try:
             result = await service.run()
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in (watcher, emf):
+                if task is not None:
+                    task.cancel()
         drain.uninstall()
     finally:
         await runner.cleanup()
@@ -79,17 +88,35 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         "exiting with code %d: %s",
         result.code,
         result.reason,
-        extra={"exit_code": result.code},
+        extra={"event": "exiting", "exit_code": result.code},
     )
     return result.code
 
 
 def _start_stop_detection(config: Config, service: ProtectionService) -> asyncio.Task[None] | None:
     if not config.metadata_uri or not config.metadata_poll_seconds:
-        log.info("stop detection off: no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)")
+        log.info(
+            "stop detection off: no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)",
+            extra={"event": "stop_detection_off"},
+        )
         return None
     watcher = StopWatcher(config.metadata_uri, service, config.metadata_poll_seconds)
     return asyncio.create_task(watcher.run(), name="stop-detection")
+
+
+def _start_emf(
+    config: Config, service: ProtectionService, clock: Clock
+) -> asyncio.Task[None] | None:
+    if not config.emf_namespace:
+        return None
+    reporter = EmfReporter(
+        service,
+        clock,
+        namespace=config.emf_namespace,
+        interval=config.emf_interval_seconds,
+        metadata_uri=config.metadata_uri,
+    )
+    return asyncio.create_task(reporter.run(), name="emf")
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -157,6 +157,18 @@ class Config:
         high=3600,
         off=0,
     )
+    emf_namespace: str | None = setting(
+        None,
+        "text",
+        "CloudWatch namespace: write Embedded Metric Format records to stdout (unset: none)",
+    )
+    emf_interval_seconds: float = setting(
+        60.0,
+        "seconds",
+        "an EMF record at least this often, besides one at every protection change",
+        low=1,
+        high=3600,
+    )
     cluster: str | None = setting(
         None, "text", "the api backend's cluster, when not read from the task metadata"
     )

@@ -40,7 +40,7 @@ class SignalDrain:
                 "%s again: exiting now with %d lease(s) held",
                 name,
                 held,
-                extra={"signal": name, "leases": held},
+                extra={"event": "drain_forced", "signal": name, "leases": held},
             )
             self._service.force_exit(128 + signum, f"second {name}")
             return
@@ -51,5 +51,5 @@ class SignalDrain:
             name,
             held,
             self._timeout,
-            extra={"signal": name, "leases": held},
+            extra={"event": "drain_started", "source": "signal", "signal": name, "leases": held},
         )

@@ -20,6 +20,9 @@ class _Json(JsonFormatter):
     ) -> None:
         super().add_fields(log_record, record, message_dict)
         log_record["time"] = rfc3339(record.created)
+        # A stable name for what happened, so CloudWatch Logs Insights queries need not
+        # match message text; lines from libraries are plain "log".
+        log_record.setdefault("event", "log")
 
 
 class _Text(logging.Formatter):

@@ -15,12 +15,13 @@ queries and `_desired()` only read them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 from sidecar.backends.base import BackendError, Protection, ProtectionRefusedError
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from sidecar.leases import LeaseTable
 
 log = logging.getLogger("sidecar.machine")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXIT_DRAINED = 0
 EXIT_DRAIN_TIMEOUT = 3
@@ -85,6 +89,12 @@ class Policy:
     # expiry still ahead but closer than twice this is renewed half-way to it instead:
     # the floor must never push a renewal past the expiry.
     min_renew_gap: float = 10.0
+    # Tasks started together (a deployment, a scale-out) enable in the same minute and
+    # would renew in the same minute every period, against one account-wide throttle.
+    # So the first renewal after start comes at a random moment of this fraction of the
+    # renewal cycle (up to the margin); later ones keep the phase it picked. It costs at
+    # most one early renewal per sidecar lifetime. 0: no spread.
+    renew_spread: float = 0.9
 
     @property
     def period(self) -> float:
@@ -92,8 +102,15 @@ class Policy:
 
     @property
     def renew_margin(self) -> float:
-        # Half the period, at most five minutes: room for many retries before expiry.
-        return min(300.0, self.period / 2)
+        # Half the period, at most four minutes: room for a dozen retries (and a two-minute
+        # throttling storm) before expiry. Every minute more costs about 1.5 % more calls
+        # (benchmarks/fleet.py): renewals every 56 minutes for a 60-minute expiry.
+        return min(240.0, self.period / 2)
+
+    @property
+    def renew_window(self) -> float:
+        """How much earlier than the margin the first renewal after start may come."""
+        return (self.period - self.renew_margin) * self.renew_spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +128,10 @@ class Counters:
     calls: dict[tuple[str, str], int] = field(default_factory=dict)  # (op, outcome) -> n
     retries: int = 0
     leases_expired: int = 0
+    refused_draining: int = 0  # new leases refused because the task is stopping
+    # Seconds during which a lease was held without confirmed protection (closed
+    # intervals; Machine.unprotected_busy_seconds() adds the one in progress).
+    unprotected_busy_seconds: float = 0.0
 
     def count(self, op: Op, outcome: str) -> None:
         key = (op.value, outcome)
@@ -138,6 +159,7 @@ class Belief:
     enable_floor: float | None = None
     since: float | None = None  # continuously protected since (for the cap)
     capped: bool = False  # the cap was reached in this busy period: no more renewals
+    phase_chosen: bool = False  # the first renewal was spread (Policy.renew_spread)
 
     def off(self) -> None:
         self.on = False
@@ -165,6 +187,23 @@ class Drain:
     deadline: float | None = None  # ... or at this moment at the latest
 
 
+def _accounted(
+    method: Callable[Concatenate[Machine, P], R],
+) -> Callable[Concatenate[Machine, P], R]:
+    """Around an event: count the unprotected busy time up to it, then note the new state."""
+
+    @functools.wraps(method)
+    def event(self: Machine, *args: P.args, **kwargs: P.kwargs) -> R:
+        now = self._clock.monotonic()
+        self._account(now)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._mark(now)
+
+    return cast("Callable[Concatenate[Machine, P], R]", event)
+
+
 class Machine:
     """Decides when to enable, renew and disable protection, and when to exit."""
 
@@ -186,22 +225,29 @@ class Machine:
         self._call_started = clock.monotonic()
         self._clock = clock
         self._rand = rand
+        # (since, confirmed until) at the last event while busy: between events only
+        # time passes, so the unprotected part of that stretch is exact.
+        self._busy_mark: tuple[float, float | None] | None = None
 
     # ---- events -------------------------------------------------------------
 
+    @_accounted
     def acquire(self, lease_id: str, ttl: float | None) -> bool:
         """Take or refresh a lease; True when new. Raises DrainingError, TooManyLeasesError."""
         if self.drain.draining and lease_id not in self.leases:
+            self.counters.refused_draining += 1
             raise DrainingError(lease_id)
         created = self.leases.acquire(lease_id, ttl, self._clock.monotonic(), self._clock.wall())
         self.idle_since = None
         return created
 
+    @_accounted
     def release(self, lease_id: str) -> bool:
         released = self.leases.release(lease_id)
         self._note_if_idle(self._clock.monotonic())
         return released
 
+    @_accounted
     def release_all(self) -> int:
         count = self.leases.clear()
         self._note_if_idle(self._clock.monotonic())
@@ -216,6 +262,7 @@ class Machine:
             if timeout is not None:
                 drain.deadline = self._clock.monotonic() + timeout
 
+    @_accounted
     def on_success(self, call: Call, protection: Protection) -> None:
         """A confirmed answer. The backend has checked it (an enable answered 'on')."""
         now = self._clock.monotonic()
@@ -227,7 +274,10 @@ class Machine:
         belief.uncertain = False
         if not protection.enabled:
             if belief.on:
-                log.info("protection disabled", extra={"op": call.op.value})
+                log.info(
+                    "protection disabled",
+                    extra={"event": "protection_disabled", "op": call.op.value},
+                )
             belief.off()
             belief.enable_floor = None
             return
@@ -261,9 +311,14 @@ class Machine:
         log.info(
             "protection %s",
             "renewed" if was_on else "enabled",
-            extra={"op": call.op.value, "expires_in_s": round(expires - now, 1)},
+            extra={
+                "event": "protection_renewed" if was_on else "protection_enabled",
+                "op": call.op.value,
+                "expires_in_s": round(expires - now, 1),
+            },
         )
 
+    @_accounted
     def on_failure(self, call: Call, error: BackendError) -> None:
         now = self._clock.monotonic()
         retry = self.retry
@@ -308,6 +363,7 @@ class Machine:
             error.message,
             delay,
             extra={
+                "event": "backend_failure",
                 "op": call.op.value,
                 "code": error.code,
                 "status": error.status,
@@ -319,6 +375,7 @@ class Machine:
 
     # ---- the decision -------------------------------------------------------
 
+    @_accounted
     def poll(self) -> Action:
         now = self._clock.monotonic()
         self._observe(now)
@@ -357,12 +414,15 @@ class Machine:
                 "%d lease(s) expired without a heartbeat: %s",
                 len(expired),
                 ", ".join(expired[:10]),
-                extra={"leases_expired": len(expired)},
+                extra={"event": "leases_expired", "leases_expired": len(expired)},
             )
             self._note_if_idle(now)
         belief = self.belief
         if belief.on and belief.expires is not None and belief.expires <= now:
-            log.warning("protection expired", extra={"busy": bool(self.leases)})
+            log.warning(
+                "protection expired",
+                extra={"event": "protection_expired", "busy": bool(self.leases)},
+            )
             belief.off()
         if not self.leases:
             belief.capped = False  # the cap counts one busy period
@@ -374,7 +434,7 @@ class Machine:
                 "%g): not renewing, so deployments and scale-in are no longer blocked",
                 now - belief.since,
                 self.policy.max_protected,
-                extra={"leases": len(self.leases)},
+                extra={"event": "protection_capped", "leases": len(self.leases)},
             )
 
     def _cap_reached(self, now: float) -> bool:
@@ -430,7 +490,13 @@ class Machine:
             return now + gap  # already past (a lying backend or clock): no tight loop
         if ahead < 2 * gap:
             return now + ahead / 2
-        return max(expires - self.policy.renew_margin, now + gap)
+        renew_at = expires - self.policy.renew_margin
+        if not self.belief.phase_chosen:
+            self.belief.phase_chosen = True
+            # 1 - rand: a rand of 1 keeps the latest moment. Only ever earlier: the margin
+            # before expiry is never cut.
+            renew_at -= (1.0 - self._rand()) * self.policy.renew_window
+        return max(renew_at, now + gap)
 
     def _retry_delay(self, now: float, error: BackendError) -> float:
         policy, retry = self.policy, self.retry
@@ -461,12 +527,26 @@ class Machine:
             "the outcome of the %s call is unknown: protection may be on or off until "
             "the next call settles it",
             call.op.value,
-            extra={"op": call.op.value},
+            extra={"event": "outcome_unknown", "op": call.op.value},
         )
         belief.off()
         belief.enable_floor = None
         belief.known = False
         belief.uncertain = True
+
+    def _unprotected_since_mark(self, now: float) -> float:
+        if self._busy_mark is None:
+            return 0.0
+        since, until = self._busy_mark
+        start = since if until is None else max(since, until)
+        return max(0.0, now - start)
+
+    def _account(self, now: float) -> None:
+        self.counters.unprotected_busy_seconds += self._unprotected_since_mark(now)
+        self._busy_mark = None
+
+    def _mark(self, now: float) -> None:
+        self._busy_mark = (now, self.confirmed_until()) if self.leases else None
 
     def _note_if_idle(self, now: float) -> None:
         if not self.leases and self.idle_since is None:
@@ -495,6 +575,11 @@ class Machine:
 
     def protected(self) -> bool:
         return self.confirmed_until() is not None
+
+    def unprotected_busy_seconds(self) -> float:
+        """Seconds so far with a lease held and protection not confirmed."""
+        now = self._clock.monotonic()
+        return self.counters.unprotected_busy_seconds + self._unprotected_since_mark(now)
 
     def confirmed_until_wall(self) -> float | None:
         """confirmed_until() as the backend's wall time, for people and `expires_at`."""

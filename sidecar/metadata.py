@@ -108,17 +108,27 @@ class StopWatcher:
             doc = await fetch_task(self._uri, session)
         except BackendError as exc:
             if not self._failing:  # one line per outage, not one per poll
-                log.warning("stop detection: %s", exc.message)
+                log.warning(
+                    "stop detection: %s", exc.message, extra={"event": "metadata_unreadable"}
+                )
             self._failing = True
             return False
         if self._failing:
-            log.info("stop detection: task metadata readable again")
+            log.info(
+                "stop detection: task metadata readable again",
+                extra={"event": "metadata_readable"},
+            )
         self._failing = False
         if doc.get("DesiredStatus") != "STOPPED":
             return False
         held = self._service.drain(exit_when_idle=False)
         log.warning(
             "the task is stopping (DesiredStatus STOPPED): draining, new leases are refused",
-            extra={"leases": held, "known_status": doc.get("KnownStatus")},
+            extra={
+                "event": "drain_started",
+                "source": "stop_detection",
+                "leases": held,
+                "known_status": doc.get("KnownStatus"),
+            },
         )
         return True

@@ -61,6 +61,16 @@ class StateCollector(Collector):
             "Leases dropped because their TTL passed.",
             value=view.leases_expired,
         )
+        yield CounterMetricFamily(
+            "task_protection_unprotected_busy_seconds",
+            "Seconds during which a lease was held without confirmed protection.",
+            value=view.unprotected_busy_seconds,
+        )
+        yield CounterMetricFamily(
+            "task_protection_refused_draining",
+            "New leases refused because the task is stopping.",
+            value=view.refused_draining,
+        )
         yield GaugeMetricFamily(
             "task_protection_draining",
             "1 once the task is stopping.",

@@ -46,6 +46,11 @@ class Reconciler:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def wait_changed(self, at_most: float) -> None:
+        """Until the next notify(), or `at_most` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), at_most)
+
     def force_exit(self, code: int, reason: str) -> None:
         self._forced = Exit(code, reason)
         self.wake()
@@ -66,9 +71,12 @@ class Reconciler:
             if self._forced is not None:
                 return self._forced
             expired_before = machine.counters.leases_expired
+            state_before = machine.state()
             action = machine.poll()
             if machine.counters.leases_expired != expired_before:
                 self.notify()  # a waiter's own lease may be gone
+            elif machine.state() != state_before:
+                self.notify()  # protection expired, or a disable went out
             if isinstance(action, Exit):
                 return action
             if isinstance(action, Call):
@@ -93,7 +101,9 @@ class Reconciler:
             self.machine.on_failure(call, error)
         except Exception as error:
             # A bug in a backend must not wedge the sidecar: count it as a transient failure.
-            log.exception("backend %s raised unexpectedly", call.op.value)
+            log.exception(
+                "backend %s raised unexpectedly", call.op.value, extra={"event": "backend_crashed"}
+            )
             self.machine.on_failure(
                 call, BackendError("InternalError", repr(error)[:200], retryable=True)
             )

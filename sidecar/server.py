@@ -43,7 +43,7 @@ class _JsonErrorHandler(RequestHandler):
             "rejected a malformed request from %s: %s",
             request.remote,
             detail,
-            extra={"status": status},
+            extra={"event": "bad_request", "status": status},
         )
         if status >= 500:
             response = error_response(500, "InternalError", "unexpected error; see the sidecar log")
@@ -59,7 +59,7 @@ class _JsonErrorHandler(RequestHandler):
         if isinstance(exc, BaseException):
             first = (str(exc).strip().splitlines() or [""])[0]
             text = f"{text}: {type(exc).__name__}: {first}"
-        log.warning("%s", text)
+        log.warning("%s", text, extra={"event": "connection_error"})
 
 
 class _JsonErrorServer(web.Server):

@@ -66,6 +66,8 @@ class View:
     calls: dict[tuple[str, str], int]  # (op, outcome) -> n
     retries: int
     leases_expired: int
+    refused_draining: int  # new leases refused while draining
+    unprotected_busy_seconds: float  # busy without confirmed protection, in all
     in_flight: str | None
     renew_at_wall: float | None
     next_retry_wall: float | None
@@ -140,7 +142,11 @@ class ProtectionService:
         """The operator's override: drop every lease; protection ends after the grace."""
         count = self.machine.release_all()
         if count:
-            log.warning("operator released all %d lease(s)", count, extra={"released": count})
+            log.warning(
+                "operator released all %d lease(s)",
+                count,
+                extra={"event": "leases_released", "released": count},
+            )
             self.reconciler.notify()
             self.reconciler.wake()
         return count
@@ -162,6 +168,11 @@ class ProtectionService:
     @property
     def lease_count(self) -> int:
         return len(self.machine.leases)
+
+    async def wait_changed(self, at_most: float) -> None:
+        """Return when the state may have changed (a backend answer, leases gone, the
+        protection state moved), or after `at_most` seconds."""
+        await self.reconciler.wait_changed(at_most)
 
     async def run(self) -> Exit:
         """Drive protection until drained or forced to exit."""
@@ -203,6 +214,8 @@ class ProtectionService:
             calls=dict(machine.counters.calls),
             retries=machine.counters.retries,
             leases_expired=machine.counters.leases_expired,
+            refused_draining=machine.counters.refused_draining,
+            unprotected_busy_seconds=machine.unprotected_busy_seconds(),
             in_flight=machine.inflight.op.value if machine.inflight else None,
             renew_at_wall=wall_of(belief.renew_at) if until is not None else None,
             next_retry_wall=wall_of(machine.retry.at),

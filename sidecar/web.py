@@ -83,7 +83,12 @@ class Api:
                 raise
             return _http_error(request, exc)
         except Exception:
-            log.exception("request %s %s failed", request.method, request.path)
+            log.exception(
+                "request %s %s failed",
+                request.method,
+                request.path,
+                extra={"event": "request_failed"},
+            )
             return error_response(500, "InternalError", "unexpected error; see the sidecar log")
 
     def _authorize(self, request: web.Request) -> None:
@@ -153,7 +158,7 @@ class Api:
             log.warning(
                 "POST /drain: draining; new leases are refused, the %d held keep working",
                 leases,
-                extra={"leases": leases},
+                extra={"event": "drain_started", "source": "api", "leases": leases},
             )
         return web.json_response({"draining": True, "leases": leases})
 

@@ -20,7 +20,13 @@ START_TIMEOUT = 30.0
 class SidecarProcess:
     """`python -m sidecar` on a free loopback port, its JSON log lines collected."""
 
-    def __init__(self, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        stdout: bool = False,
+    ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
         full_env.pop("ECS_AGENT_URI", None)
         full_env.update({"TASK_PROTECTION_PORT": "0", "TASK_PROTECTION_LOG_FORMAT": "json"})
@@ -28,10 +34,13 @@ class SidecarProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", *args],
             env=full_env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.stdout: queue.Queue[str | None] = queue.Queue()  # lines, with stdout=True
+        if stdout:
+            threading.Thread(target=self._pump_stdout, daemon=True).start()
         self.logs: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -44,6 +53,18 @@ class SidecarProcess:
         for line in self.proc.stderr:
             self._lines.put(line)
         self._lines.put(None)
+
+    def _pump_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout.put(line)
+        self.stdout.put(None)
+
+    def next_stdout(self, timeout: float = START_TIMEOUT) -> str:
+        """The next line the process wrote to stdout."""
+        line = self.stdout.get(timeout=timeout)
+        assert line is not None, "stdout closed"
+        return line
 
     def _drain_lines(self, timeout: float) -> bool:
         """Move available log lines into self.logs; False once the stream has ended."""

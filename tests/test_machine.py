@@ -21,6 +21,8 @@ from sidecar.machine import (
 from tests.harness import Harness
 
 GET, ENABLE, DISABLE = Op.GET, Op.ENABLE, Op.DISABLE
+# Seconds between renewals with the defaults: the 60-minute period less the 4-minute margin.
+CYCLE = Policy().period - Policy().renew_margin
 
 
 def throttled() -> BackendError:
@@ -62,7 +64,7 @@ def test_thousand_busy_idle_pairs_within_the_grace_make_one_enable():
 
 
 def test_three_hour_job_makes_exactly_the_renewals_it_needs():
-    """A 3-hour job with 60-minute expiry renews at 55, 110 and 165 minutes, never lapsing."""
+    """A 3-hour job with 60-minute expiry renews at 56, 112 and 168 minutes, never lapsing."""
     h = started()
     h.busy()
     h.run_for(3 * 3600, check=True)
@@ -71,9 +73,9 @@ def test_three_hour_job_makes_exactly_the_renewals_it_needs():
     assert [(m.op, m.at) for m in h.made] == [
         (GET, 0.0),
         (ENABLE, 0.0),
-        (ENABLE, 3300.0),
-        (ENABLE, 6600.0),
-        (ENABLE, 9900.0),
+        (ENABLE, CYCLE),
+        (ENABLE, 2 * CYCLE),
+        (ENABLE, 3 * CYCLE),
         (DISABLE, 10800.0 + h.policy.idle_grace),
     ]
 
@@ -85,7 +87,8 @@ def test_renewal_follows_the_expiry_ecs_returned():
     h.busy()
     h.run_for(3600, check=True)
     enables = [m.at for m in h.made if m.op is ENABLE]
-    assert enables == [0.0, 900.0, 1800.0, 2700.0, 3600.0]
+    step = 20 * 60 - h.policy.renew_margin  # a margin before each 20-minute expiry
+    assert enables == [0.0, step, 2 * step, 3 * step]
 
 
 def test_renewal_is_not_late_when_the_local_clock_lags_ecs():
@@ -95,7 +98,7 @@ def test_renewal_is_not_late_when_the_local_clock_lags_ecs():
     h.clock.jump_wall(-600)  # the local wall clock falls 10 minutes behind ECS
     h.run_for(7200, check=True)
     enables = [m.at for m in h.made if m.op is ENABLE]
-    assert enables == [0.0, 3300.0, 6600.0]
+    assert enables == [0.0, CYCLE, 2 * CYCLE]
 
 
 def test_an_expiry_in_the_past_does_not_make_the_machine_spin():
@@ -151,7 +154,8 @@ def test_retryable_failures_back_off_exponentially():
 
 def test_backoff_is_capped_and_jittered():
     """Delays stop growing at the cap, and jitter keeps them within [delay/2, delay]."""
-    h = started()
+    h = Harness(policy=Policy(renew_spread=0))  # rand 0 would also pull the renewal early
+    h.settle()
     h.rand = 0.0  # the lowest jitter: half of each delay
     h.errors.extend([throttled()] * 12)
     h.busy()
@@ -203,7 +207,7 @@ def test_deployment_blocked_on_renewal_keeps_the_current_protection():
     """A refused renewal is reported, retried slowly, and the existing protection still counts."""
     h = started()
     h.busy()
-    h.run_for(3299)
+    h.run_for(CYCLE - 1)
     h.errors.append(ProtectionRefusedError("DEPLOYMENT_BLOCKED", "deployment in progress"))
     h.run_for(2)
     assert h.machine.protected()
@@ -211,7 +215,7 @@ def test_deployment_blocked_on_renewal_keeps_the_current_protection():
     assert h.machine.retry.last_error.code == "DEPLOYMENT_BLOCKED"
     assert "replaced soon" in h.machine.retry.last_error.message
     h.run_for(60)
-    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0, 3360.0]
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, CYCLE, CYCLE + 60]
     assert h.machine.retry.last_error is None
 
 
@@ -267,8 +271,8 @@ def test_adopted_protection_serves_a_job_without_a_new_call():
     h.busy()
     h.run_for(1000, check=True)
     assert h.ops() == [GET]
-    h.run_for(500, check=True)  # renewal due 5 minutes before the adopted expiry
-    assert [(m.op, m.at) for m in h.made] == [(GET, 0.0), (ENABLE, 1500.0)]
+    h.run_for(600, check=True)  # renewal due a margin before the adopted expiry
+    assert [(m.op, m.at) for m in h.made] == [(GET, 0.0), (ENABLE, 1800.0 - h.policy.renew_margin)]
 
 
 def test_busy_before_the_first_read_enables_directly():
@@ -346,8 +350,8 @@ def test_cap_stops_renewing_at_max_protected_seconds():
     h.run_for(4 * 3600)
     assert [(m.op, m.at, m.minutes) for m in h.made if m.op is ENABLE] == [
         (ENABLE, 0.0, 60),
-        (ENABLE, 3300.0, 60),
-        (ENABLE, 6600.0, 10),
+        (ENABLE, CYCLE, 60),
+        (ENABLE, 2 * CYCLE, 8),  # the minutes left to the cap
     ]
     assert h.machine.belief.capped
     assert not h.ecs_protected()
@@ -477,7 +481,7 @@ def test_a_local_clock_hours_ahead_neither_loses_protection_nor_spins():
     h.clock.jump_wall(7200)
     h.busy()
     h.run_for(3600, check=True)
-    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, 3300.0]
+    assert [m.at for m in h.made if m.op is ENABLE] == [0.0, CYCLE]
 
 
 def test_a_403_that_clears_is_followed_within_seconds():
@@ -507,3 +511,35 @@ def test_a_403_that_persists_slows_down_to_the_slow_retry():
     assert late
     assert all(gap == 60.0 for gap in late)
     assert len([t for t in enables if t < 60]) <= 12
+
+
+def test_busy_time_without_confirmed_protection_is_counted_exactly():
+    """Throttled for the first 20 s: the job is unprotected until the retry at 31.5 s
+    succeeds (back-off 0.5, 1, 2, 4, 8, 16); protected or idle time never counts."""
+    h = started()
+    h.failing = throttled()
+    h.busy()
+    h.run_for(20)
+    h.failing = None
+    h.run_for(3600)
+    assert h.machine.unprotected_busy_seconds() == 31.5
+    h.idle()
+    h.run_for(600)
+    assert h.machine.unprotected_busy_seconds() == 31.5
+
+
+def test_unprotected_time_in_progress_is_visible_before_the_next_event():
+    h = started()
+    h.failing = denied()
+    h.busy()
+    h.clock.advance(12.5)  # no event since the failure at 0
+    assert h.machine.unprotected_busy_seconds() == 12.5
+
+
+def test_leases_refused_while_draining_are_counted():
+    h = started()
+    h.machine.start_drain(None, exit_when_idle=False)
+    for lease in ("a", "b"):
+        with pytest.raises(DrainingError):
+            h.machine.acquire(lease, None)
+    assert h.machine.counters.refused_draining == 2

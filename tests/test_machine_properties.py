@@ -1,10 +1,11 @@
 """The protection core against a simple model, under random interleavings (hypothesis).
 
 Rules: jobs take and drop leases (with and without TTL), time passes in steps from a
-millisecond to two hours, the backend fails (throttling or refusal) and recovers, the
-wall clock jumps, SIGTERM arrives. Invariants, checked after every rule and at every
-timer the machine wakes for:
+millisecond to two hours, the backend fails (throttling, refusal, timeouts) and
+recovers, an answer is lost after its call took effect, the wall clock jumps, SIGTERM
+arrives. Invariants, checked after every rule and at every timer the machine wakes for:
 
+- what the machine claims (protected), ECS has;
 - the leases are exactly the model's (TTL expiry included);
 - never unprotected while a lease is held and the backend has been healthy for
   longer than the slowest retry;
@@ -41,6 +42,7 @@ FAULTS = {
     "throttled": BackendError("ThrottlingException", "Rate exceeded", retryable=True, status=400),
     "refused": ProtectionRefusedError("DEPLOYMENT_BLOCKED", None),
     "down": BackendError("ConnectionError", "refused", retryable=True),
+    "timeout": BackendError("Timeout", "no answer", retryable=True, uncertain=True),
 }
 
 
@@ -54,6 +56,7 @@ class ProtectionModel(RuleBasedStateMachine):
         self.busy_periods = 0
         self.unhealthy_periods = 0
         self.unhealthy_time = 0.0
+        self.lost_answers = 0
         self.drain_deadline: float | None = None
         self.exit: Exit | None = None
         self.act(self.h.settle())
@@ -77,6 +80,8 @@ class ProtectionModel(RuleBasedStateMachine):
         self.expire_model(now)
         if self.model:
             self.last_busy_at = now
+        # The promise behind every 200: what the machine claims, ECS has.
+        assert not h.machine.protected() or h.ecs_protected(), f"claims protection at t={now}"
         healthy_for = -math.inf if self.healthy_since is None else now - self.healthy_since
         if self.model and healthy_for > RECOVERY and not h.machine.belief.capped:
             assert h.ecs_protected(), f"busy and healthy but unprotected at t={now}"
@@ -137,6 +142,13 @@ class ProtectionModel(RuleBasedStateMachine):
         self.h.failing = None
         self.healthy_since = self.h.now
 
+    @precondition(lambda self: self.exit is None and self.healthy_since is not None)
+    @rule()
+    def next_answer_is_lost(self) -> None:
+        """The next call reaches ECS and takes effect, but its answer never comes back."""
+        self.h.lose_answers = 1
+        self.lost_answers += 1  # at most one failed call more
+
     @rule(seconds=st.sampled_from([-600.0, -5.0, 5.0, 600.0]))  # valid even after an exit
     def wall_clock_jumps(self, seconds: float) -> None:
         self.h.clock.jump_wall(seconds)
@@ -177,7 +189,10 @@ class ProtectionModel(RuleBasedStateMachine):
         # Each failure waits at least backoff_base/2 before the next try.
         assert (
             failed
-            <= self.unhealthy_time / (POLICY.backoff_base / 2) + (3 * self.unhealthy_periods) + 1
+            <= self.unhealthy_time / (POLICY.backoff_base / 2)
+            + (3 * self.unhealthy_periods)
+            + self.lost_answers
+            + 1
         )
 
     @invariant()

@@ -22,7 +22,8 @@ class LocalBackend:
         self._expires_wall: float | None = None
         log.warning(
             "backend 'local': protection is simulated in memory; nothing outside this "
-            "process is protected (set ECS_AGENT_URI or TASK_PROTECTION_BACKEND on ECS)"
+            "process is protected (for laptops and CI; never used on ECS)",
+            extra={"event": "simulated_backend"},
         )
 
     @property

@@ -7,8 +7,10 @@ from typing import Any
 from aiohttp import web
 
 
-def task_document(cluster: str, task_arn: str, desired: str = "RUNNING") -> dict[str, Any]:
-    return {
+def task_document(
+    cluster: str, task_arn: str, desired: str = "RUNNING", service: str | None = None
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "Cluster": cluster,
         "TaskARN": task_arn,
         "Family": "queue-worker",
@@ -32,6 +34,9 @@ def task_document(cluster: str, task_arn: str, desired: str = "RUNNING") -> dict
             },
         ],
     }
+    if service is not None:
+        document["ServiceName"] = service  # agents 1.63.1 and newer, tasks of a service
+    return document
 
 
 class FakeMetadata:
@@ -39,8 +44,9 @@ class FakeMetadata:
         self,
         cluster: str = "test-cluster",
         task_arn: str = "arn:aws:ecs:us-east-1:123456789012:task/test-cluster/abc123",
+        service: str | None = None,
     ) -> None:
-        self.document = task_document(cluster, task_arn)
+        self.document = task_document(cluster, task_arn, service=service)
         self.requests = 0
         self.fail_with: int | None = None
         self.url = ""

@@ -1,0 +1,158 @@
+"""CloudWatch Embedded Metric Format records, and the `event` field of every log line.
+
+The records are parsed from the stdout of a real sidecar process: valid EMF (every metric
+declared is a number at the top level, the dimensions are keys of the record), one at
+start, one at every protection change, one per interval; counters are deltas that add up.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.emf import EmfRecords, dimensions_from
+from tests.fakes.metadata import FakeMetadata
+from tests.fakes.threaded import ThreadedServer
+from tests.processes import SidecarProcess
+
+UNITS = {"Count", "None", "Seconds"}
+
+
+def check_emf(record: dict, namespace: str) -> list[str]:
+    """Assert the EMF spec's rules for one record; return its dimension names."""
+    meta = record["_aws"]
+    assert isinstance(meta["Timestamp"], int)
+    [directive] = meta["CloudWatchMetrics"]
+    assert directive["Namespace"] == namespace
+    [dimensions] = directive["Dimensions"]
+    for name in dimensions:
+        assert isinstance(record[name], str)
+    for metric in directive["Metrics"]:
+        assert metric["Unit"] in UNITS
+        assert isinstance(record[metric["Name"]], int | float)
+    return dimensions
+
+
+def emf_records(sidecar: SidecarProcess, count: int) -> list[dict]:
+    return [json.loads(sidecar.next_stdout(timeout=30)) for _ in range(count)]
+
+
+@pytest.fixture
+def emf_sidecar():
+    sidecar = SidecarProcess(
+        {
+            "TASK_PROTECTION_EMF_NAMESPACE": "ECSProtection/Test",
+            "TASK_PROTECTION_EMF_INTERVAL_SECONDS": "1",
+            "TASK_PROTECTION_IDLE_GRACE_SECONDS": "0",
+        },
+        stdout=True,
+    ).start()
+    yield sidecar
+    sidecar.stop()
+
+
+def test_records_at_start_at_each_change_and_per_interval(emf_sidecar):
+    [first] = emf_records(emf_sidecar, 1)
+    assert check_emf(first, "ECSProtection/Test") == []  # not on ECS: no dimensions
+    assert (first["Protected"], first["Leases"], first["reason"]) == (0, 0, "change")
+
+    assert emf_sidecar.post("/busy", {"lease": "job"}).status_code == 200
+    records = []
+    while not records or records[-1]["Protected"] != 1:
+        records += emf_records(emf_sidecar, 1)
+    assert records[-1]["Leases"] == 1
+    emf_sidecar.post("/idle", {"lease": "job"})
+    while records[-1]["Protected"] != 0:
+        records += emf_records(emf_sidecar, 1)
+    records += emf_records(emf_sidecar, 2)  # nothing changes now: interval records
+    assert [r["reason"] for r in records[-2:]] == ["interval", "interval"]
+    assert records[-1]["_aws"]["Timestamp"] - records[-2]["_aws"]["Timestamp"] >= 900
+
+    every = [first, *records]
+    state = emf_sidecar.get("/state").json()
+    calls = sum(r["BackendCallsOk"] for r in every)
+    assert calls == state["protection"]["calls"]  # deltas add up to the total
+    assert all(check_emf(r, "ECSProtection/Test") == [] for r in every)
+
+
+def test_every_json_log_line_names_its_event(emf_sidecar):
+    emf_sidecar.post("/busy", {"lease": "job"})
+    emf_sidecar.post("/idle", {"lease": "job"})
+    emf_sidecar.post("/drain")
+    emf_sidecar.wait_for_log("protection disabled")
+    events = [entry["event"] for entry in emf_sidecar.logs]
+    assert "listening" in events
+    assert "protection_enabled" in events
+    assert "protection_disabled" in events
+    assert "drain_started" in events
+    assert all(isinstance(e, str) and e for e in events)
+
+
+def test_on_ecs_the_dimensions_are_cluster_and_service(agent_in_thread):
+    metadata = FakeMetadata(
+        cluster="arn:aws:ecs:us-east-1:123456789012:cluster/workers", service="queue-worker-svc"
+    )
+    with ThreadedServer(metadata.start, metadata.close):
+        sidecar = SidecarProcess(
+            {
+                "ECS_AGENT_URI": agent_in_thread.uri("task-1"),
+                "ECS_CONTAINER_METADATA_URI_V4": metadata.url,
+                "TASK_PROTECTION_EMF_NAMESPACE": "ECSProtection/Test",
+            },
+            stdout=True,
+        ).start()
+        try:
+            [record] = emf_records(sidecar, 1)
+        finally:
+            sidecar.stop()
+    assert check_emf(record, "ECSProtection/Test") == ["Cluster", "Service"]
+    assert (record["Cluster"], record["Service"]) == ("workers", "queue-worker-svc")
+
+
+def test_without_a_service_the_family_is_the_dimension():
+    assert dimensions_from({"Cluster": "c", "Family": "queue-worker"}) == {
+        "Cluster": "c",
+        "TaskDefinitionFamily": "queue-worker",
+    }
+    assert dimensions_from({"Cluster": 5, "Family": None}) == {}
+
+
+def test_counters_are_deltas_and_gauges_are_values():
+    from sidecar.service import View  # noqa: PLC0415
+
+    def view(ok: int, unprotected: float, leases: int) -> View:
+        return View(
+            leases=(),
+            lease_count=leases,
+            protected=True,
+            state="on",
+            expires_wall=None,
+            seconds_left=0.0,
+            backend="agent",
+            last_error=None,
+            calls={("enable", "ok"): ok, ("get", "ok"): 1, ("enable", "retryable"): 2},
+            retries=2,
+            leases_expired=0,
+            refused_draining=0,
+            unprotected_busy_seconds=unprotected,
+            in_flight=None,
+            renew_at_wall=None,
+            next_retry_wall=None,
+            capped=False,
+            idle_since_wall=None,
+            draining=False,
+            drain_deadline_wall=None,
+        )
+
+    records = EmfRecords("ns", {})
+    first = records.record(view(3, 1.5, 4), 1.0, "change")
+    second = records.record(view(5, 2.0, 2), 2.0, "interval")
+    assert (first["BackendCallsOk"], first["BackendCallsRetryable"], first["Retries"]) == (4, 2, 2)
+    assert (second["BackendCallsOk"], second["BackendCallsRetryable"], second["Retries"]) == (
+        2,
+        0,
+        0,
+    )
+    assert (first["UnprotectedBusySeconds"], second["UnprotectedBusySeconds"]) == (1.5, 0.5)
+    assert (first["Leases"], second["Leases"]) == (4, 2)
