@@ -81,6 +81,7 @@ def test_every_json_log_line_names_its_event(emf_sidecar):
     emf_sidecar.post("/idle", {"lease": "job"})
     emf_sidecar.post("/drain")
     emf_sidecar.wait_for_log("protection disabled")
+    emf_sidecar.wait_for_log("POST /drain")  # the two may come in either order
     events = [entry["event"] for entry in emf_sidecar.logs]
     assert "listening" in events
     assert "protection_enabled" in events
