@@ -4,9 +4,8 @@
   answers, a gate that holds /busy answers back, and a log of what it was sent.
 - RecordingProxy: a TCP listener that counts the connections it gets (a proxy that
   must never be used).
-- RealSidecar: `python -m sidecar` in a subprocess. The sidecar needs Python 3.11+;
-  SIDECAR_PYTHON names its interpreter when the tests run on an older one.
-- wait_until: poll for a condition with a deadline.
+- A real sidecar in a subprocess: tests/processes.py (SidecarProcess, sidecar_python).
+- wait_until (from tests/support.py): poll for a condition with a deadline.
 
 No pytest fixtures here: the client's tests also run without the repository's
 conftest (on Pythons the sidecar's test fakes do not support).
@@ -16,12 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,14 +27,6 @@ ROOT = Path(__file__).parent.parent
 # Union, not |: evaluated at run time, on Python 3.9 too.
 Answer = Union[tuple[int, bytes], Callable[[dict[str, Any]], tuple[int, bytes]]]  # noqa: UP007
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @dataclass
@@ -273,70 +260,3 @@ def dead_proxy_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def sidecar_python() -> str:
-    return os.environ.get("SIDECAR_PYTHON") or sys.executable
-
-
-class RealSidecar:
-    """`python -m sidecar` (local backend) on a free loopback port."""
-
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
-        full_env.pop("ECS_AGENT_URI", None)
-        full_env.update(
-            {
-                "TASK_PROTECTION_PORT": "0",
-                "TASK_PROTECTION_LOG_FORMAT": "json",
-                "TASK_PROTECTION_IDLE_GRACE_SECONDS": "0",
-            }
-        )
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sidecar_python(), "-m", "sidecar"],
-            env=full_env,
-            cwd=str(ROOT),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.logs: list[str] = []
-        port: list[int] = []
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.logs.append(line)
-                if not port and "listening on" in line:
-                    try:
-                        port.append(int(json.loads(line)["port"]))
-                    except (ValueError, KeyError):
-                        continue
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(60) or not port:
-            self.stop()
-            raise RuntimeError("the sidecar did not start: " + "".join(self.logs))
-        self.url = f"http://127.0.0.1:{port[0]}"
-
-    def state(self) -> dict[str, Any]:
-        import requests  # noqa: PLC0415  (only tests that use a real sidecar need it)
-
-        with requests.Session() as session:
-            session.trust_env = False
-            return dict(session.get(self.url + "/state", timeout=30).json())
-
-    def __enter__(self) -> RealSidecar:  # noqa: PYI034  (typing.Self is 3.11+)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)

@@ -1,4 +1,8 @@
-"""Run the real sidecar in a subprocess and talk to it: for signal and end-to-end tests."""
+"""Run the real sidecar in a subprocess and talk to it: for signal and end-to-end tests.
+
+Importable on every Python the client supports (3.9+): the sidecar itself needs 3.11+,
+so SIDECAR_PYTHON names its interpreter when the tests run on an older one.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,18 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
 
 START_TIMEOUT = 30.0
+ROOT = Path(__file__).parent.parent
+
+
+def sidecar_python() -> str:
+    """The interpreter that runs the sidecar: SIDECAR_PYTHON, or this one."""
+    return os.environ.get("SIDECAR_PYTHON") or sys.executable
 
 
 class SidecarProcess:
@@ -32,8 +43,9 @@ class SidecarProcess:
         full_env.update({"TASK_PROTECTION_PORT": "0", "TASK_PROTECTION_LOG_FORMAT": "json"})
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", *args],
+            [sidecar_python(), "-m", "sidecar", *args],
             env=full_env,
+            cwd=str(ROOT),
             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -47,6 +59,7 @@ class SidecarProcess:
         threading.Thread(target=self._pump, daemon=True).start()
         self.port = 0
         self.session = requests.Session()
+        self.session.trust_env = False  # a loopback server: never through a proxy
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
@@ -119,6 +132,15 @@ class SidecarProcess:
         while self._drain_lines(0.5):
             pass
         return code
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.get("/state").json())
+
+    def __enter__(self) -> SidecarProcess:  # noqa: PYI034  (typing.Self is 3.11+)
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self.session.close()

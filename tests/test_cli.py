@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import SidecarProcess
+from tests.support import read_line, wait_for_line
 
 CLI = [sys.executable, "-m", "ecs_protection"]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -40,22 +41,8 @@ def start(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen[st
     )
 
 
-def read_line(stream, timeout: float = 30) -> str:
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    assert got, "no line in time"
-    return got[0].strip()
-
-
-def wait_for_stderr(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = read_line(proc.stderr, deadline - time.monotonic())
-        if needle in line:
-            return
-    raise AssertionError(f"{needle!r} not logged")
+def wait_for_stderr(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
+    return wait_for_line(proc.stderr, needle, timeout)
 
 
 LEASES_SEEN_BY_CHILD = (

@@ -21,7 +21,8 @@ from ecs_protection import (
     busy,
 )
 from ecs_protection import _protocol as protocol
-from tests.client_support import NOWHERE, FakeSidecar, wait_until
+from tests.client_support import NOWHERE, FakeSidecar
+from tests.support import wait_until
 
 
 @pytest.fixture

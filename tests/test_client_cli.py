@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from tests.client_support import NOWHERE, FakeSidecar
+from tests.support import read_line, wait_for_line
 
 CLI = [sys.executable, "-m", "ecs_protection"]
 
@@ -47,15 +47,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def read_line(stream, timeout: float = 30) -> str:
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    assert got, "no line in time"
-    return got[0].strip()
 
 
 # ---- errors from the sidecar ---------------------------------------------------------------
@@ -164,10 +155,7 @@ def start_run(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def wait_for_stderr(proc: subprocess.Popen[str], needle: str) -> str:
-    while True:
-        line = read_line(proc.stderr)
-        if needle in line:
-            return line
+    return wait_for_line(proc.stderr, needle)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.client_support import RealSidecar
+from tests.processes import SidecarProcess
 
 SCRIPT = Path(__file__).parent / "scripts" / "fork_jobs.py"
 
 
 def test_children_forked_after_the_parent_used_the_client_share_nothing():
     """4 children x 2 threads after the parent used both clients: no error, no leak."""
-    with RealSidecar() as sidecar:
+    with SidecarProcess({"TASK_PROTECTION_IDLE_GRACE_SECONDS": "0"}) as sidecar:
         result = subprocess.run(
             [sys.executable, str(SCRIPT), "4", "25"],
             env={**os.environ, "TASK_PROTECTION_URL": sidecar.url, "TASK_PROTECTION_STRICT": "1"},

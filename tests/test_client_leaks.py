@@ -24,7 +24,8 @@ from ecs_protection import (
     ProtectionError,
     busy,
 )
-from tests.client_support import FakeSidecar, wait_until
+from tests.client_support import FakeSidecar
+from tests.support import wait_until
 
 
 @pytest.fixture

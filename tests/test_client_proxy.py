@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from ecs_protection import AsyncClient, Client, busy
-from tests.client_support import ROOT, FakeSidecar, RecordingProxy, dead_proxy_url, sidecar_python
+from tests.client_support import ROOT, FakeSidecar, RecordingProxy, dead_proxy_url
+from tests.processes import sidecar_python
 
 PROXY_VARIABLES = (
     "HTTP_PROXY",

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -83,3 +84,23 @@ def test_the_default_image_has_no_botocore_and_the_api_image_has(extras, wheel, 
     assert out == [wheel, package.format(v=VERSION)]
     base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not any(dep.startswith(("boto3", "botocore")) for dep in base)
+
+
+def test_the_client_readme_links_only_to_absolute_addresses():
+    """It is the client's page on the package index, where relative links are broken."""
+    readme = (ROOT / "client" / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    assert all(target.startswith("https://") for target in targets), targets
+
+
+@pytest.mark.parametrize(
+    ("command", "distribution"),
+    [("ecs-protection-sidecar", "ecs-protection-sidecar"), ("ecs-protection", "ecs-protection")],
+)
+def test_both_commands_print_their_version(command, distribution):
+    script = Path(sys.executable).parent / command
+    out = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == f"{command} {importlib.metadata.version(distribution)}"
+    assert importlib.metadata.version(distribution) == VERSION

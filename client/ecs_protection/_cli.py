@@ -14,6 +14,7 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import math
@@ -78,6 +79,13 @@ def seconds(*, positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ecs-protection")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser; it reads no environment variable (main() does, with clear errors)."""
     parser = _Parser(
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to the ecs-protection sidecar (TASK_PROTECTION_URL, default "
         "http://127.0.0.1:31680).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     busy = commands.add_parser("busy", help="hold a lease while CMD runs; exit with its code")

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ecs_protection")
 
 DEFAULT_URL = "http://127.0.0.1:31680"
+# The sidecar's own default wait for confirmation (POST /busy `wait_seconds`).
+DEFAULT_WAIT_SECONDS = 10.0
 # Long enough for the sidecar's own wait for confirmation (wait_seconds) plus a margin.
 REQUEST_MARGIN_SECONDS = 5.0
 
@@ -41,7 +43,6 @@ class Settings:
     url: str = DEFAULT_URL
     token: str | None = None
     strict: bool = False
-    wait_seconds: float = 10.0
 
     @classmethod
     def from_environ(
@@ -279,7 +280,7 @@ class BaseClient:
         _fork.track(self)
 
     def _busy_request(self, lease: str, ttl: float | None, wait_seconds: float | None) -> Request:
-        wait = self.settings.wait_seconds if wait_seconds is None else wait_seconds
+        wait = DEFAULT_WAIT_SECONDS if wait_seconds is None else wait_seconds
         return busy_request(lease, ttl, wait)
 
     def _after_fork(self) -> None:
