@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ecs-protection-sidecar: invalid configuration: {exc}\n")
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # SIGINT before the signal handlers were in place
+        return 128 + signal.SIGINT
 
 
 def run() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import resource
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -40,12 +43,15 @@ def build_service(config: Config, clock: Clock) -> ProtectionService:
 async def serve(config: Config, clock: Clock | None = None) -> int:
     """Serve until drained or forced to stop; return the process exit code."""
     clock = clock or SystemClock()
+    _more_file_descriptors()
+    asyncio.get_running_loop().set_exception_handler(_LoopErrors().handle)
     service = build_service(config, clock)
     # A short shutdown timeout (make_runner's): requests still waiting for confirmation
     # when the process exits are cut off rather than holding the exit back.
     runner = make_runner(build_app(Api(service, config.token)))
     await runner.setup()
     drain = SignalDrain(service, config.drain_timeout_seconds)
+    drain.install()  # before listening: a SIGTERM from now on drains, never kills
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         try:
@@ -60,7 +66,6 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             )
             return EXIT_ERROR
         port = _bound_port(runner) or config.port
-        drain.install()
         watcher = _start_stop_detection(config, service)
         emf = _start_emf(config, service, clock)
         log.info(
@@ -117,6 +122,36 @@ def _start_emf(
         metadata_uri=config.metadata_uri,
     )
     return asyncio.create_task(reporter.run(), name="emf")
+
+
+def _more_file_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one: every client is a socket."""
+    with contextlib.suppress(ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _LoopErrors:
+    """The event loop's own errors: accept() failing for want of file descriptors repeats
+    for as long as clients keep connecting; one line per 10 s says it, not thousands."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        message = str(context.get("message", "event loop error"))
+        if "out of system resource" not in message:
+            loop.default_exception_handler(context)
+            return
+        now = loop.time()
+        if now - self._last.get(message, -math.inf) >= 10.0:
+            self._last[message] = now
+            log.warning(
+                "%s: %s (too many open connections?)",
+                message,
+                context.get("exception"),
+                extra={"event": "connection_error"},
+            )
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

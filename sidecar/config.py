@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -199,8 +200,8 @@ class Config:
             field: _parse(spec, raw.get(spec.name), default, problems)
             for field, spec, default in declared()
         }
-        agent_uri = environ.get("ECS_AGENT_URI") or None
-        metadata_uri = environ.get("ECS_CONTAINER_METADATA_URI_V4") or None
+        agent_uri = _ecs_uri(environ, "ECS_AGENT_URI", problems)
+        metadata_uri = _ecs_uri(environ, "ECS_CONTAINER_METADATA_URI_V4", problems)
         backend, reason = _resolve_backend(
             values["backend_choice"], agent_uri, metadata_uri, api_available, problems
         )
@@ -402,6 +403,23 @@ def _auto_backend(
         "the ECS agent, or use the image with the api backend (ecs-protection-sidecar[api])"
     )
     return "local", "unusable"
+
+
+def _ecs_uri(environ: Mapping[str, str], name: str, problems: list[str]) -> str | None:
+    """A URL ECS sets (http://169.254.170.2/...): checked, so a mangled one (a task
+    definition overriding it, say) fails at start instead of at every call."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        url = urllib.parse.urlsplit(value)
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:
+        valid = False
+    if not valid or url.query or url.fragment:
+        problems.append(f"{name}={value!r}: expected an http:// URL without query or fragment")
+        return None
+    return value
 
 
 def _installed(module: str) -> bool:

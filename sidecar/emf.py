@@ -120,6 +120,15 @@ class EmfReporter:
         self._write = write or _stdout
 
     async def run(self) -> None:
+        while True:
+            try:
+                await self._report()
+            except Exception:
+                # Metrics must not stop for good on a surprise: log it, start again.
+                log.exception("EMF records: unexpected error", extra={"event": "emf_failed"})
+                await asyncio.sleep(self._interval)
+
+    async def _report(self) -> None:
         records = EmfRecords(self._namespace, await self._dimensions())
         last: tuple[object, ...] | None = None
         due = self._clock.monotonic()

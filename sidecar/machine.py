@@ -38,6 +38,8 @@ R = TypeVar("R")
 
 EXIT_DRAINED = 0
 EXIT_DRAIN_TIMEOUT = 3
+# ECS grants at most 2880 minutes: an answer promising more is not believed beyond that.
+MAX_PROTECTION_SECONDS = 2880 * 60.0
 
 
 class Op(Enum):
@@ -95,6 +97,10 @@ class Policy:
     # renewal cycle (up to the margin); later ones keep the phase it picked. It costs at
     # most one early renewal per sidecar lifetime. 0: no spread.
     renew_spread: float = 0.9
+    # A change whose answer was lost (a timeout, a 504) may still land at ECS a little
+    # later, even after a later call was confirmed. For this long after such a loss the
+    # sidecar claims nothing a late disable could undo, and then reads the state again.
+    settle_window: float = 10.0
 
     @property
     def period(self) -> float:
@@ -151,7 +157,10 @@ class Belief:
     # protected although nothing confirmed it, so "off" must be re-established.
     uncertain: bool = False
     on: bool = False  # confirmed on (until `expires`)
-    expires: float | None = None  # monotonic
+    expires: float | None = None  # monotonic; the earliest the answers allow
+    # The latest moment the answers allow (clocks disagreeing): until then ECS may still
+    # have protection on, so an idle sidecar must switch it off, not forget it.
+    latest: float | None = None
     expires_wall: float | None = None  # as the backend returned it, for people
     renew_at: float | None = None
     # No enable before this: set by each confirmed enable, so that a backend that
@@ -160,10 +169,13 @@ class Belief:
     since: float | None = None  # continuously protected since (for the cap)
     capped: bool = False  # the cap was reached in this busy period: no more renewals
     phase_chosen: bool = False  # the first renewal was spread (Policy.renew_spread)
+    # After a lost answer: a read at this moment settles whatever may still land.
+    verify_at: float | None = None
+    late_off_possible: bool = False  # the lost call was a disable: claim nothing until then
 
     def off(self) -> None:
         self.on = False
-        self.expires = self.expires_wall = self.renew_at = self.since = None
+        self.expires = self.expires_wall = self.renew_at = self.since = self.latest = None
 
 
 @dataclass(slots=True)
@@ -272,6 +284,10 @@ class Machine:
         self.retry.reset()
         belief.known = True
         belief.uncertain = False
+        if belief.verify_at is not None and self._call_started >= belief.verify_at:
+            # Started after anything lost could still land: this answer is the truth.
+            belief.verify_at = None
+            belief.late_off_possible = False
         if not protection.enabled:
             if belief.on:
                 log.info(
@@ -282,27 +298,12 @@ class Machine:
             belief.enable_floor = None
             return
 
-        if protection.remaining is not None:
-            # By the server's own clock: a wrong local wall clock cannot distort it.
-            expires = now + protection.remaining
-        elif protection.expires_at is not None:
-            expires = now + (protection.expires_at.timestamp() - self._clock.wall())
-        else:
-            # ECS always sends a date with protection on; without one, renew as if the
-            # requested period had been granted from the moment the call started.
-            expires = self._call_started + self.policy.period
-        if call.op is Op.ENABLE:
-            # ECS cannot grant more than was asked from when the call started: this
-            # guards against a clock (ours or the server's) that disagrees with ECS.
-            expires = min(expires, self._call_started + call.expires_minutes * 60.0)
+        expires, latest, expires_wall = self._expiry(call, protection, now)
         was_on = belief.on
         belief.on = True
         belief.expires = expires
-        belief.expires_wall = (
-            protection.expires_at.timestamp()
-            if protection.expires_at
-            else self._clock.wall() + expires - now
-        )
+        belief.latest = latest
+        belief.expires_wall = expires_wall
         belief.renew_at = self._renewal_time(now, expires)
         if call.op is Op.ENABLE:
             belief.enable_floor = belief.renew_at
@@ -423,7 +424,11 @@ class Machine:
                 "protection expired",
                 extra={"event": "protection_expired", "busy": bool(self.leases)},
             )
+            maybe_still_on = belief.latest is not None and belief.latest > now
             belief.off()
+            if maybe_still_on:  # by the other clock it has not: switch it off when idle
+                belief.known = False
+                belief.uncertain = True
         if not self.leases:
             belief.capped = False  # the cap counts one busy period
         elif self._cap_reached(now):
@@ -447,7 +452,13 @@ class Machine:
 
     def _desired(self, now: float) -> tuple[Call | None, float | None]:
         """The call the state needs now, or when to look again."""
-        return self._while_busy(now) if self.leases else self._while_idle(now)
+        call, wake = self._while_busy(now) if self.leases else self._while_idle(now)
+        verify_at = self.belief.verify_at
+        if call is None and verify_at is not None:
+            if now >= verify_at:
+                return Call(Op.GET), None  # settle what a lost call may have done since
+            wake = _earliest([wake, verify_at])
+        return call, wake
 
     def _while_busy(self, now: float) -> tuple[Call | None, float | None]:
         belief = self.belief
@@ -481,6 +492,39 @@ class Machine:
         since = now if self.belief.since is None else self.belief.since
         return max(1, min(period, math.ceil((since + cap - now) / 60.0)))
 
+    def _expiry(self, call: Call, protection: Protection, now: float) -> tuple[float, float, float]:
+        """(earliest, latest) monotonic expiry the answer allows, and the earliest as the
+        backend's wall time for people.
+
+        The agent's Date header measures what is left by the server's clock, immune to a
+        wrong local clock; the local wall clock gives a second estimate. An enable cannot
+        have been granted more than was asked from when the call started. A read has no
+        such bound, so it takes the earlier of the two clocks; the later one only keeps
+        the sidecar from forgetting protection it must still switch off. Nothing counts
+        beyond ECS's 2880-minute maximum.
+        """
+        by_wall = None
+        if protection.expires_at is not None:
+            by_wall = protection.expires_at.timestamp() - self._clock.wall()
+        estimates = [e for e in (protection.remaining, by_wall) if e is not None]
+        if not estimates:
+            # ECS always sends a date with protection on; without one, as if the requested
+            # period had been granted from the moment the call started.
+            estimates = [self._call_started + self.policy.period - now]
+        if call.op is Op.ENABLE:
+            asked = self._call_started + call.expires_minutes * 60.0 - now
+            earliest = min(estimates[0], asked)  # the server's clock when there is one
+        else:
+            earliest = min(estimates)
+        reported = estimates[0]
+        earliest = min(earliest, MAX_PROTECTION_SECONDS)
+        latest = min(max(estimates), MAX_PROTECTION_SECONDS)
+        wall = self._clock.wall() + earliest
+        if protection.expires_at is not None:
+            # ECS's own expiry, moved earlier by whatever this sidecar does not believe.
+            wall = protection.expires_at.timestamp() - max(0.0, reported - earliest)
+        return now + earliest, now + max(earliest, latest), wall
+
     def _renewal_time(self, now: float, expires: float) -> float:
         """When to renew an expiry: a margin before it, never sooner than the floor, and
         never after it while it is still ahead."""
@@ -512,10 +556,14 @@ class Machine:
         return delay / 2 + self._rand() * delay / 2  # equal jitter: spread, yet bounded below
 
     def _outcome_unknown(self, call: Call) -> None:
-        """A change call may have reached ECS without an answer saying so."""
+        """A change call may have reached ECS without an answer saying so, or may reach it
+        later: read again once the settle window has passed."""
         belief = self.belief
         if call.op is Op.GET:
             return  # a read changes nothing
+        belief.verify_at = self._clock.monotonic() + self.policy.settle_window
+        if call.op is Op.DISABLE:
+            belief.late_off_possible = True
         if call.op is Op.ENABLE and belief.on and belief.expires is not None:
             # A renewal: the old expiry holds if it did not land, and one that landed set
             # at least start + period. Protection is certain until the earlier of the two.
@@ -562,7 +610,7 @@ class Machine:
         earlier of the current expiry and what the renewal sets is certain.
         """
         belief = self.belief
-        if not belief.on or belief.expires is None:
+        if not belief.on or belief.expires is None or belief.late_off_possible:
             return None
         until = belief.expires
         call = self.inflight
@@ -595,7 +643,7 @@ class Machine:
         if self.protected():
             return "on"
         disabling = self.inflight is not None and self.inflight.op is Op.DISABLE
-        if not self.belief.known or disabling:
+        if not self.belief.known or disabling or self.belief.late_off_possible:
             return "unknown"
         return "off"
 

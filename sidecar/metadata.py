@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from sidecar.backends.base import BackendError
+from sidecar.bodies import json_object, read_capped
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ async def fetch_task(
                     retryable=True,
                     status=response.status,
                 )
-            doc = await response.json(content_type=None)
+            doc = json_object(await read_capped(response))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise BackendError(
             "MetadataError",
@@ -60,7 +61,7 @@ async def fetch_task(
     finally:
         if own:
             await session.close()
-    if not isinstance(doc, dict):
+    if doc is None:
         raise BackendError("MetadataError", "task metadata is not a JSON object", retryable=True)
     return doc
 
@@ -98,8 +99,14 @@ class StopWatcher:
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
-                if await self.check(session):
-                    return
+                try:
+                    if await self.check(session):
+                        return
+                except Exception:
+                    # Stop detection must outlive any surprise: log it, poll again.
+                    log.exception(
+                        "stop detection: unexpected error", extra={"event": "metadata_unreadable"}
+                    )
                 await self._sleep(self._interval)
 
     async def check(self, session: aiohttp.ClientSession) -> bool:

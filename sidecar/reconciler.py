@@ -52,7 +52,8 @@ class Reconciler:
             await asyncio.wait_for(self._changed.wait(), at_most)
 
     def force_exit(self, code: int, reason: str) -> None:
-        self._forced = Exit(code, reason)
+        if self._forced is None:  # the first reason stands: later signals change nothing
+            self._forced = Exit(code, reason)
         self.wake()
 
     async def run(self) -> Exit:

@@ -37,8 +37,9 @@ class _JsonErrorHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        reason = str(exc or message or "").strip().splitlines()
-        detail = reason[0] if reason else "malformed request"
+        # aiohttp's parser errors carry the detail in .message; str() starts with the status.
+        text = getattr(exc, "message", None) or message or str(exc or "")
+        detail = " ".join(str(text).split())[:200] or "malformed request"
         log.warning(
             "rejected a malformed request from %s: %s",
             request.remote,
@@ -88,4 +89,7 @@ def make_runner(
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         keepalive_timeout=header_timeout,
+        # A client that hangs up stops its handler: an abandoned /busy does not go on
+        # waiting (and holding memory) for its whole wait_seconds.
+        handler_cancellation=True,
     )

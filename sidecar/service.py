@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.service")
 
+# Requests waiting for confirmation at once, at most: past this a /busy answers at once
+# (its lease is kept), so a flood of waiting requests cannot exhaust memory.
+MAX_WAITERS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class BusyOutcome:
@@ -41,6 +45,7 @@ class BusyOutcome:
     leases: int  # held after the request
     expires_wall: float | None = None  # protected: confirmed until then
     reason: str = ""  # unconfirmed: why
+    kept: bool = True  # unconfirmed: the lease is still held (not released meanwhile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class ProtectionService:
         self.machine = Machine(policy, clock, LeaseTable(max_leases), rand)
         self.reconciler = Reconciler(self.machine, backend, clock)
         self._clock = clock
+        self._waiting = 0
 
     # ---- verbs ------------------------------------------------------------------
 
@@ -112,21 +118,31 @@ class ProtectionService:
         protected = machine.protected()
         if ttl is not None or not protected:
             self.reconciler.wake()  # a new TTL timer, or protection to ask for
-        if not protected and wait > 0:
-            protected = await self.reconciler.wait_protected(lease, wait)
+        crowded = self._waiting >= MAX_WAITERS
+        if not protected and wait > 0 and not crowded:
+            self._waiting += 1
+            try:
+                protected = await self.reconciler.wait_protected(lease, wait)
+            finally:
+                self._waiting -= 1
         if protected:
             return BusyOutcome(
                 "protected", lease, len(machine.leases), machine.confirmed_until_wall()
             )
+        kept = lease in machine.leases
         error = machine.retry.last_error
         reason = (
-            f"{error.code}: {error.message}"
+            "the lease was released before protection was confirmed"
+            if not kept
+            else f"{MAX_WAITERS} requests are already waiting for confirmation"
+            if crowded
+            else f"{error.code}: {error.message}"
             if error
             else "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
             if machine.belief.capped
             else f"not confirmed within {wait:g}s"
         )
-        return BusyOutcome("unconfirmed", lease, len(machine.leases), reason=reason)
+        return BusyOutcome("unconfirmed", lease, len(machine.leases), reason=reason, kept=kept)
 
     def idle(self, lease: str) -> tuple[bool, int]:
         """Release `lease`: (whether it was held, leases still held)."""

@@ -132,11 +132,11 @@ class Api:
                 f"{outcome.leases} leases are held (TASK_PROTECTION_MAX_LEASES)",
                 lease_view,
             )
+        then = "the lease is kept and the sidecar keeps trying" if outcome.kept else "no lease held"
         raise ApiError(
             503,
             "ProtectionUnavailable",
-            f"task protection is not confirmed ({outcome.reason}); the lease is kept and "
-            "the sidecar keeps trying",
+            f"task protection is not confirmed ({outcome.reason}); {then}",
             lease_view,
         )
 
@@ -232,6 +232,9 @@ async def read_body(request: web.Request) -> bytes:
         cause = exc.__cause__ or exc
         reason = " ".join(str(getattr(cause, "message", cause)).split()) or "unreadable"
         raise InvalidRequestError(f"the body cannot be read: {reason}") from None
+    except ConnectionError:
+        # The client went away mid-body: nobody to answer, nothing to log at length.
+        raise ApiError(400, "BadRequest", "the connection closed before the body arrived") from None
 
 
 def build_app(api: Api) -> web.Application:

@@ -42,6 +42,11 @@ class Harness:
     # Calls that reach ECS and take effect, but whose answer is lost (a timeout, a
     # dropped connection, a 504): the machine hears an uncertain failure.
     lose_answers: int = 0
+    # A lost call whose change reaches ECS only this many seconds later (after the
+    # machine may have made and confirmed other calls): set with lose_late().
+    land_after: float | None = None
+    landings: list[tuple[float, Op, int]] = field(default_factory=list)  # (at, op, minutes)
+    landed: list[float] = field(default_factory=list)  # when late changes took effect
     failing: BackendError | None = None  # every call fails with this while set
     made: list[Made] = field(default_factory=list)
     rand: float = 1.0  # jitter factor source: 1.0 makes delays exact
@@ -50,6 +55,7 @@ class Harness:
     # Whether answers carry the server's own time (the agent's Date header), so the
     # machine can measure what is left without the local wall clock.
     server_clock: bool = True
+    date_skew: float = 0.0  # seconds the server's Date is behind ECS's own clock
 
     def __post_init__(self) -> None:
         self.start = self.clock.monotonic()
@@ -88,11 +94,16 @@ class Harness:
             assert error is not None
             self.machine.on_failure(call, error)
             return
-        if call.op is Op.ENABLE:
-            minutes = call.expires_minutes if self.grant_minutes is None else self.grant_minutes
-            self.ecs_expires_wall = self.ecs_time() + minutes * 60
-        elif call.op is Op.DISABLE:
-            self.ecs_expires_wall = None
+        if self.land_after is not None and call.op is not Op.GET:
+            self.landings.append(
+                (self.clock.monotonic() + self.land_after, call.op, call.expires_minutes)
+            )
+            self.land_after = None
+            self.machine.on_failure(
+                call, BackendError("RequestCanceled", "504", retryable=True, uncertain=True)
+            )
+            return
+        self._apply(call.op, call.expires_minutes)
         if self.lose_answers:
             self.lose_answers -= 1
             self.machine.on_failure(
@@ -100,19 +111,40 @@ class Harness:
                 BackendError("Timeout", "the answer was lost", retryable=True, uncertain=True),
             )
             return
-        try:  # what every backend checks before answering
-            answer = switched(call.op is Op.ENABLE, self.ecs_state())
+        try:  # what every backend checks before answering a change
+            answer = self.ecs_state()
+            if call.op is not Op.GET:
+                answer = switched(call.op is Op.ENABLE, answer)
         except BackendError as error:
             self.machine.on_failure(call, error)
             return
         self.machine.on_success(call, answer)
+
+    def _apply(self, op: Op, minutes: int) -> None:
+        """What a call does at ECS."""
+        if op is Op.ENABLE:
+            granted = minutes if self.grant_minutes is None else self.grant_minutes
+            self.ecs_expires_wall = self.ecs_time() + granted * 60
+        elif op is Op.DISABLE:
+            self.ecs_expires_wall = None
+
+    def lose_late(self, seconds: float) -> None:
+        """The next change call is answered 504, and lands at ECS `seconds` later."""
+        self.land_after = seconds
+
+    def _land(self) -> None:
+        due = [landing for landing in self.landings if landing[0] <= self.clock.monotonic()]
+        self.landings = [landing for landing in self.landings if landing not in due]
+        for at, op, minutes in sorted(due):
+            self._apply(op, minutes)
+            self.landed.append(at - self.start)
 
     def ecs_state(self) -> Protection:
         if not self.ecs_protected():
             return Protection(False, None)
         assert self.ecs_expires_wall is not None
         reported = self.ecs_expires_wall + self.reported_skew
-        remaining = reported - self.ecs_time() if self.server_clock else None
+        remaining = reported - self.ecs_time() + self.date_skew if self.server_clock else None
         return Protection(True, datetime.fromtimestamp(reported, UTC), remaining)
 
     def run_for(self, seconds: float, *, check: bool | Callable[[], None] = False) -> Action:
@@ -138,15 +170,22 @@ class Harness:
             if isinstance(action, Exit):
                 return action
             assert isinstance(action, Wait)
-            if action.until is None or action.until > end:
+            # Late landings happen on ECS's side, whenever they are due.
+            until = min(
+                [t for t in (action.until, *(due for due, _, _ in self.landings)) if t is not None],
+                default=None,
+            )
+            if until is None or until > end:
                 self.clock.advance(end - self.clock.monotonic())
+                self._land()
                 verify()
                 return self.settle()
-            step = max(0.0, action.until - self.clock.monotonic())
+            step = max(0.0, until - self.clock.monotonic())
             stalled = stalled + 1 if step == 0 else 0
             if stalled > 1000:
                 raise AssertionError(f"the machine keeps asking to be woken now, t={self.now}")
             self.clock.advance(step)
+            self._land()
             verify()
 
     def busy(self, lease: str = "job", ttl: float | None = None) -> Action:

@@ -419,8 +419,9 @@ def test_an_unknown_state_while_busy_is_settled_by_a_confirmed_enable():
 
 
 def test_a_disable_whose_answer_was_lost_claims_nothing_and_is_repeated():
-    """Lost disable answer: a new job is not told 'protected' until an enable is confirmed,
-    and with no job a second disable settles the state."""
+    """Lost disable answer: a new job gets its enable at once, but is not told 'protected'
+    until a read after the settle window shows no late disable undid it; with no job a
+    second disable settles the state."""
     h = started()
     h.busy("a")
     h.idle("a")
@@ -436,12 +437,75 @@ def test_a_disable_whose_answer_was_lost_claims_nothing_and_is_repeated():
 
     h.run_for(2, check=claims_only_the_truth)
     assert h.ops() == [GET, ENABLE, DISABLE, ENABLE]
+    assert h.ecs_protected()  # protected in fact at once...
+    assert not h.machine.protected()  # ...but not claimed while a late disable may land
+    h.run_for(h.policy.settle_window, check=claims_only_the_truth)
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE, GET]
     assert h.machine.protected()
     h.idle("b")
     h.lose_answers = 1
-    h.run_for(h.policy.idle_grace + 5)
-    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE, DISABLE, DISABLE]
+    h.run_for(h.policy.idle_grace + h.policy.settle_window + 1)
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE, GET, DISABLE, DISABLE, GET]
     assert h.machine.state() == "off"
+
+
+def test_a_disable_that_lands_after_the_re_enable_is_caught_by_the_settling_read():
+    """The disable's answer is a 504 and it lands 5 s later, after a new job's enable was
+    confirmed: nothing is claimed meanwhile, and the read after the settle window finds
+    protection gone and enables again, all while the job holds its lease."""
+    h = started()
+    h.busy("a")
+    h.idle("a")
+    h.lose_late(5.0)
+    h.run_for(h.policy.idle_grace)  # the disable goes out, answered 504
+    h.machine.acquire("b", None)
+
+    def claims_only_the_truth() -> None:
+        assert h.ecs_protected() or not h.machine.protected()
+
+    h.run_for(30, check=claims_only_the_truth)
+    assert h.ops() == [GET, ENABLE, DISABLE, ENABLE, GET, ENABLE]
+    assert h.ecs_protected()
+    assert h.machine.protected()
+
+
+def test_an_enable_that_lands_after_the_disable_is_switched_off_again():
+    """The enable's answer is a 504 and it lands after the job ended and the disable was
+    confirmed: the settling read finds protection on and the sidecar disables it."""
+    h = Harness(policy=Policy(idle_grace=1.0))
+    h.settle()
+    h.lose_late(5.0)
+    h.busy("job")
+    h.idle("job")
+    h.run_for(6)  # the disable after the grace is confirmed at 1; the enable lands at 5
+    assert h.ops() == [GET, ENABLE, DISABLE]
+    assert h.ecs_protected()
+    h.run_for(60)
+    assert h.ops() == [GET, ENABLE, DISABLE, GET, DISABLE]
+    assert not h.ecs_protected()
+    assert h.machine.state() == "off"
+
+
+def test_a_read_trusts_the_earlier_of_two_disagreeing_clocks():
+    """Adopted protection 5 s from its end by the local clock, an hour by the agent's
+    Date (its clock an hour behind ECS's): renewed before the 5 s pass, not an hour later."""
+    h = Harness(date_skew=3600.0)
+    h.ecs_expires_wall = h.clock.wall() + 5
+    h.settle()
+    h.busy()
+    h.run_for(60, check=True)
+    assert [m.at for m in h.made if m.op is ENABLE] == [2.5]
+
+
+def test_an_absurd_expiry_is_not_believed_beyond_what_ecs_can_grant():
+    """An answer claiming protection until the year 9999: believed for 2880 minutes at most."""
+    h = Harness()
+    h.ecs_expires_wall = h.clock.wall() + 5
+    h.reported_skew = 250_000_000_000.0  # ECS reports an expiry millennia away
+    h.settle()
+    until = h.machine.confirmed_until()
+    assert until is not None
+    assert until - h.clock.monotonic() <= 2880 * 60
 
 
 def test_a_renewal_whose_answer_was_lost_keeps_the_protection_it_had():

@@ -82,7 +82,12 @@ class ProtectionModel(RuleBasedStateMachine):
             self.last_busy_at = now
         # The promise behind every 200: what the machine claims, ECS has.
         assert not h.machine.protected() or h.ecs_protected(), f"claims protection at t={now}"
-        healthy_for = -math.inf if self.healthy_since is None else now - self.healthy_since
+        healthy_since = self.healthy_since
+        if h.landings:  # a late change is on its way to ECS: a fault until it lands
+            healthy_since = None
+        elif h.landed and healthy_since is not None:  # then the settling read repairs it
+            healthy_since = max(healthy_since, h.landed[-1] + POLICY.settle_window)
+        healthy_for = -math.inf if healthy_since is None else now - healthy_since
         if self.model and healthy_for > RECOVERY and not h.machine.belief.capped:
             assert h.ecs_protected(), f"busy and healthy but unprotected at t={now}"
         idle_for = now - self.last_busy_at
@@ -148,6 +153,14 @@ class ProtectionModel(RuleBasedStateMachine):
         """The next call reaches ECS and takes effect, but its answer never comes back."""
         self.h.lose_answers = 1
         self.lost_answers += 1  # at most one failed call more
+
+    @precondition(lambda self: self.exit is None and self.healthy_since is not None)
+    @rule(seconds=st.sampled_from([0.5, 2.0, 5.0]))
+    def next_change_lands_late(self, seconds: float) -> None:
+        """The next change call is answered 504 and reaches ECS `seconds` later, possibly
+        after other calls were made and confirmed (within the agent's deadline + ECS)."""
+        self.h.lose_late(seconds)
+        self.lost_answers += 1
 
     @rule(seconds=st.sampled_from([-600.0, -5.0, 5.0, 600.0]))  # valid even after an exit
     def wall_clock_jumps(self, seconds: float) -> None:

@@ -180,3 +180,23 @@ async def test_a_local_clock_two_hours_ahead_changes_nothing(aiohttp_client):
             assert len(enables) == 2
     finally:
         await agent.close()
+
+
+async def test_a_disable_that_lands_after_the_re_enable_is_not_claimed_away(aiohttp_client, agent):
+    """The disable is answered 504 at the agent's 4 s deadline and lands a second later,
+    after a new job's enable went out: the job is told `200 protected` only once a read
+    after the settle window shows protection is really on, and ECS keeps it from then."""
+    policy = Policy(idle_grace=0.2, settle_window=2.0)
+    async with running_sidecar(aiohttp_client, agent, policy=policy) as sidecar:
+        assert (await sidecar.post("/busy", {"lease": "a"}))[0] == 200
+        agent.fail(fa.ecs_lands_late(5.0), times=1)  # the next ECS call: the disable
+        await sidecar.post("/idle", {"lease": "a"})
+        await eventually(lambda: disable_in_flight(sidecar))
+        request = asyncio.ensure_future(sidecar.post("/busy", {"lease": "b", "wait_seconds": 15}))
+        status, body = await request
+        samples = await sample(agent, 1.0)
+        assert (status, body["protected"]) == (200, True)
+        assert all(samples), f"ECS unprotected {samples.count(False)} times after the 200"
+        calls = [(c.method, c.status) for c in agent.calls]
+        assert ("PUT", 504) in calls  # the disable's answer was the deadline
+        assert calls[-2:] == [("GET", 200), ("PUT", 200)]  # the settling read, the re-enable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -17,12 +16,11 @@ from sidecar.backends.base import (
     remaining_seconds,
     switched,
 )
+from sidecar.bodies import TooLargeError, json_object, read_capped
 
 # The agent gives ECS 4 s and its own server answers within 5 s; waiting a little
 # longer than that turns a hung agent into a retryable timeout, never a lost answer.
 AGENT_TIMEOUT_SECONDS = 10.0
-# The agent's answers are a few hundred bytes; anything far larger is not the agent.
-MAX_ANSWER_BYTES = 64 * 1024
 
 
 class AgentBackend:
@@ -57,9 +55,13 @@ class AgentBackend:
             )
         try:
             async with self._session.request(method, self.url, json=body) as response:
-                payload = await _read_capped(response, MAX_ANSWER_BYTES)
+                payload = await read_capped(response)
                 status = response.status
                 date = response.headers.get("Date")
+        except TooLargeError as exc:
+            raise BackendError(
+                "InvalidResponse", f"the agent's {exc}", retryable=True, uncertain=True
+            ) from exc
         except TimeoutError as exc:
             raise BackendError(
                 "Timeout",
@@ -83,31 +85,13 @@ class AgentBackend:
         return parse_answer(status, payload, date)
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, refusing to hold more than `limit` bytes in memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise BackendError(
-                "InvalidResponse",
-                f"the agent's answer is larger than {limit} bytes",
-                retryable=True,
-                status=response.status,
-                uncertain=True,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def parse_answer(status: int, payload: bytes, date: str | None = None) -> Protection:
     """Map one agent answer to a Protection or a BackendError (the agent's answers, one row each).
 
     `date` is the answer's Date header: the agent's own clock, against which the
     remaining protection is measured.
     """
-    doc = _json_object(payload)
+    doc = json_object(payload)
     if status == 200:
         if doc is None:
             raise BackendError(
@@ -121,10 +105,7 @@ def parse_answer(status: int, payload: bytes, date: str | None = None) -> Protec
             return _protection(doc["protection"], http_date(date))
         if isinstance(doc.get("failure"), dict):
             failure = doc["failure"]
-            raise ProtectionRefusedError(
-                str(failure.get("Reason") or "UNKNOWN"),
-                failure.get("Detail") if isinstance(failure.get("Detail"), str) else None,
-            )
+            raise ProtectionRefusedError.from_answer(failure.get("Reason"), failure.get("Detail"))
         raise BackendError(
             "InvalidResponse",
             "the agent's answer has neither protection nor failure",
@@ -154,14 +135,6 @@ def parse_answer(status: int, payload: bytes, date: str | None = None) -> Protec
     # A 5xx (ECS 500, the agent's 504 deadline) may come after ECS applied the change;
     # a 429 or a 4xx means it was refused before.
     raise BackendError(code, message, retryable=retryable, status=status, uncertain=status >= 500)
-
-
-def _json_object(payload: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _protection(doc: dict[str, Any], server_time: datetime | None) -> Protection:

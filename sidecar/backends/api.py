@@ -152,7 +152,7 @@ class ApiBackend:
 def parse_answer(answer: dict[str, Any], identity: TaskIdentity) -> Protection:
     """The entry for our task in protectedTasks or failures."""
     for failure in answer.get("failures") or []:
-        raise ProtectionRefusedError(str(failure.get("reason") or "UNKNOWN"), failure.get("detail"))
+        raise ProtectionRefusedError.from_answer(failure.get("reason"), failure.get("detail"))
     task_id = identity.task_arn.rsplit("/", 1)[-1]
     for task in answer.get("protectedTasks") or []:
         if str(task.get("taskArn", "")).rsplit("/", 1)[-1] == task_id:

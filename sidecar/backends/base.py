@@ -61,6 +61,14 @@ class BackendError(Exception):
 class ProtectionRefusedError(BackendError):
     """ECS answered for this task with a `failure` (TASK_NOT_VALID, DEPLOYMENT_BLOCKED, ...)."""
 
+    @classmethod
+    def from_answer(cls, reason: object, detail: object) -> ProtectionRefusedError:
+        """From a backend's failure entry: text only, and short (it reaches logs and /state)."""
+        return cls(
+            reason[:100] if isinstance(reason, str) and reason else "UNKNOWN",
+            detail[:500] if isinstance(detail, str) and detail else None,
+        )
+
     def __init__(self, reason: str, detail: str | None) -> None:
         hint = REFUSAL_HINTS.get(reason, "ECS refused protection for this task")
         message = f"{hint}" + (f" ({detail})" if detail else "")
@@ -117,11 +125,16 @@ def remaining_seconds(expires_at: datetime | None, server_time: datetime | None)
 def switched(enabled: bool, protection: Protection) -> Protection:
     """The answer to set(enabled): raise unless it says what was asked for.
 
-    An enable answered "off" (ECS granted an expiry already gone) must not count as
-    success, or the machine would enable again at once, in a loop.
+    An enable answered "off" (ECS granted an expiry already gone), or a disable answered
+    "on", must not count as success, or the machine would call again at once, in a loop.
     """
     if enabled and not protection.enabled:
         raise BackendError(
             "NotProtected", "the backend answered an enable with protection off", retryable=False
+        )
+    if not enabled and protection.enabled:
+        # The same the other way round: a disable answered "still on" is not done.
+        raise BackendError(
+            "NotDisabled", "the backend answered a disable with protection on", retryable=False
         )
     return protection

@@ -183,6 +183,12 @@ def ecs_slow(seconds: float = 5.0) -> Fault:
     return Fault("ecs_slow", seconds=seconds)
 
 
+def ecs_lands_late(seconds: float = 5.0) -> Fault:
+    """ECS applies the change only after `seconds`: past the agent's 4 s deadline the
+    agent answers 504, and the change lands later still, whatever came in between."""
+    return Fault("ecs_late", seconds=seconds)
+
+
 def timeout_504() -> Fault:
     """The agent's 504 RequestCanceled: ECS too slow for its deadline (the change lands)."""
     return ecs_slow(ECS_DEADLINE_SECONDS + 1.0)
@@ -499,11 +505,15 @@ class FakeAgent:
             kind = "throttle" if fault.status < 500 else "server"
             return EcsAnswer(fault.status, code=fault.code, message=fault.message), kind
         slow = fault.seconds if fault is not None and fault.kind == "ecs_slow" else 0.0
-        return await self._before_deadline(self._ecs_call(task, update, slow), deadline), "server"
+        late = fault.seconds if fault is not None and fault.kind == "ecs_late" else 0.0
+        work = self._ecs_call(task, update, slow, late)
+        return await self._before_deadline(work, deadline), "server"
 
-    async def _ecs_call(self, task: Task, update: Update | None, slow: float) -> EcsAnswer:
-        if self.ecs_latency:
-            await self.clock.sleep(self.ecs_latency)
+    async def _ecs_call(
+        self, task: Task, update: Update | None, slow: float, late: float = 0.0
+    ) -> EcsAnswer:
+        if self.ecs_latency or late:
+            await self.clock.sleep(self.ecs_latency + late)
         result = await self.ecs(task, update)
         if slow:
             await self.clock.sleep(slow)  # applied at once, answered late

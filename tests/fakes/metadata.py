@@ -49,6 +49,7 @@ class FakeMetadata:
         self.document = task_document(cluster, task_arn, service=service)
         self.requests = 0
         self.fail_with: int | None = None
+        self.raw_once: bytes | None = None  # answered once, as is, to the next /task
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -62,6 +63,9 @@ class FakeMetadata:
         self.requests += 1
         if self.fail_with is not None:
             return web.Response(status=self.fail_with, text="unavailable")
+        if self.raw_once is not None:
+            body, self.raw_once = self.raw_once, None
+            return web.Response(body=body, content_type="application/json")
         return web.json_response(self.document)
 
     async def _container(self, _request: web.Request) -> web.Response:
