@@ -4,7 +4,7 @@ Both servers run as separate processes on loopback and are driven by the same
 keep-alive aiohttp client, in alternating rounds so that machine noise hits both
 alike. Prints the median time per pair for each and their ratio.
 
-    python benchmarks/request_path.py [--pairs 2000] [--rounds 5]
+    python -m benchmarks.request_path [--pairs 2000] [--rounds 5]
 """
 
 from __future__ import annotations
