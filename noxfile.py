@@ -54,6 +54,8 @@ def client(session: nox.Session) -> None:
         "pytest",
         "--noconftest",
         "-p",
+        "tests.client_fixtures",
+        "-p",
         "no:cacheprovider",
         "-q",
         *tests,

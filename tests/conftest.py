@@ -14,6 +14,9 @@ from tests.fakes.agent import FakeAgent
 from tests.fakes.clock import FakeClock
 from tests.fakes.threaded import ThreadedServer
 
+# The client's fixtures (`fake`, `client`), shared with its nox run.
+pytest_plugins = ["tests.client_fixtures"]
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 

@@ -21,21 +21,8 @@ from ecs_protection import (
     busy,
 )
 from ecs_protection import _protocol as protocol
-from tests.client_support import NOWHERE, FakeSidecar
+from tests.client_support import NOWHERE
 from tests.support import wait_until
-
-
-@pytest.fixture
-def fake():
-    with FakeSidecar() as sidecar:
-        yield sidecar
-
-
-@pytest.fixture
-def client(fake):
-    with Client(fake.url) as c:
-        yield c
-
 
 # ---- the shared protocol -------------------------------------------------------------
 

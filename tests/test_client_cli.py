@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.client_support import NOWHERE, FakeSidecar
+from tests.client_support import NOWHERE
 from tests.support import read_line, wait_for_line
 
 CLI = [sys.executable, "-m", "ecs_protection"]
@@ -23,12 +23,6 @@ TERM_REPORTER = (
     "print('ready', flush=True)\n"
     "while True: signal.pause()"
 )
-
-
-@pytest.fixture
-def fake():
-    with FakeSidecar() as sidecar:
-        yield sidecar
 
 
 def env_for(url: str, **extra: str) -> dict[str, str]:

@@ -22,18 +22,6 @@ from tests.client_support import FakeSidecar
 from tests.support import wait_until
 
 
-@pytest.fixture
-def fake():
-    with FakeSidecar() as sidecar:
-        yield sidecar
-
-
-@pytest.fixture
-def client(fake):
-    with Client(fake.url) as c:
-        yield c
-
-
 def test_hold_takes_a_lease_until_release(fake, client):
     hold = client.hold(lease_prefix="celery")
     assert isinstance(hold, Hold)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
@@ -24,20 +25,10 @@ from ecs_protection import (
     ProtectionError,
     busy,
 )
-from tests.client_support import FakeSidecar
 from tests.support import wait_until
 
-
-@pytest.fixture
-def fake():
-    with FakeSidecar() as sidecar:
-        yield sidecar
-
-
-@pytest.fixture
-def client(fake):
-    with Client(fake.url) as c:
-        yield c
+if TYPE_CHECKING:
+    from tests.client_support import FakeSidecar
 
 
 def gated(fake: FakeSidecar) -> threading.Event:

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from ecs_protection import AsyncClient, Client, busy
-from tests.client_support import ROOT, FakeSidecar, RecordingProxy, dead_proxy_url
+from tests.client_support import ROOT, RecordingProxy, dead_proxy_url
 from tests.processes import sidecar_python
 
 PROXY_VARIABLES = (
@@ -26,12 +26,6 @@ PROXY_VARIABLES = (
     "all_proxy",
 )
 USUAL_NO_PROXY = "169.254.169.254,169.254.170.2"
-
-
-@pytest.fixture
-def fake():
-    with FakeSidecar() as sidecar:
-        yield sidecar
 
 
 @pytest.fixture(params=["recording", "dead"])
