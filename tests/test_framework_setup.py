@@ -213,6 +213,15 @@ def test_dramatiq_a_drain_enqueues_the_message_again_before_it_is_skipped(fake, 
     broker.close()
 
 
+def test_dramatiq_a_drain_that_cannot_enqueue_the_message_again_fails_it_unrun(fake, message):
+    """Dramatiq would log any other exception and run the actor: this one fails the message."""
+    fake.draining = True
+    broker = StubBroker()  # no queue declared: enqueue raises
+    with pytest.raises(LeaseRefusedError, match="not enqueued again"):
+        EcsProtection(client=Client(fake.url)).before_process_message(broker, message)
+    broker.close()
+
+
 def test_rq_a_lease_refused_for_another_reason_puts_the_job_back_and_stops(fake, redis_db, workers):
     fake.busy_error = (429, "TooManyLeases")
     queue = Queue(connection=redis_db.client)

@@ -46,10 +46,12 @@ log = logging.getLogger("ecs_protection")
 
 
 class LeaseRefusedError(MiddlewareError):
-    """The sidecar refused the message's lease for another reason than a drain.
+    """The message cannot run protected, and cannot be put back either.
 
-    (Strict mode and unreachable, `require_protection` and unconfirmed, a full lease
-    table, a wrong token.) The message fails with it, so Dramatiq's Retries applies.
+    The sidecar refused its lease for another reason than a drain (strict mode and
+    unreachable, `require_protection` and unconfirmed, a full lease table, a wrong
+    token), or the task drains and enqueueing the message again failed. The message
+    fails with it, so Dramatiq's Retries applies.
     """
 
 
@@ -129,7 +131,11 @@ class EcsProtection(Middleware):
         # Enqueued before the taken one is acknowledged: the message is never off the
         # broker (if the process dies in between, it runs twice rather than never).
         enqueue: Callable[[Message[Any]], object] = broker.enqueue  # (untyped in dramatiq 1.x)
-        enqueue(message.copy())
+        try:
+            enqueue(message.copy())
+        except Exception as exc:
+            # Not a MiddlewareError, Dramatiq would log it and run the actor, unprotected.
+            raise LeaseRefusedError(f"draining, and not enqueued again: {exc}") from exc
         # The Results middleware stores None for a skipped message; the copy will run.
         message.options["store_results"] = False
         log.info("message %s not started: the ECS task is draining; enqueued again", message)

@@ -82,6 +82,7 @@ class ProtectedWorker(BaseWorker):
         try:
             if self._stop_requested:  # SIGTERM came while the lease was taken
                 self._hand_back(job, queue)
+                self.log.info("job %s not started: the worker is stopping; put back", job.id)
             else:
                 super().execute_job(job, queue)
                 self.set_state(WorkerStatus.BUSY)  # RQ's execute_job ends idle
