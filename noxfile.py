@@ -67,5 +67,8 @@ def client(session: nox.Session) -> None:
 @nox.session(python="3.9")
 def client_types(session: nox.Session) -> None:
     """mypy --strict on the client as Python 3.9 sees it (current mypy no longer targets 3.9)."""
-    session.install("mypy", "types-requests", "-e", "./client[async]")
+    # The framework integrations are checked against the frameworks as installed on 3.9.
+    session.install(
+        "mypy", "types-requests", "celery-types", "-e", "./client[async,celery,rq,dramatiq]"
+    )
     session.run("mypy", "--strict", "--python-version", "3.9", "client/ecs_protection")

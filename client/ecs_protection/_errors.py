@@ -13,6 +13,8 @@ ProtectionError
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProtectionError(Exception):
     """Base of every error this package raises."""
@@ -30,6 +32,11 @@ class SidecarError(ProtectionError):
         self.status = status
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefork pools and result backends pickle exceptions; the default rebuilds from
+        # `args` (the one formatted string), which this __init__ does not take.
+        return (_rebuild, (type(self), self.status, self.code, self.message))
 
 
 class TaskDrainingError(SidecarError):
@@ -53,3 +60,9 @@ class InvalidAnswerError(SidecarError):
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(status, "InvalidAnswer", message)
+
+
+def _rebuild(cls: type[SidecarError], status: int, code: str, message: str) -> SidecarError:
+    error = cls.__new__(cls)
+    SidecarError.__init__(error, status, code, message)  # subclasses may take fewer fields
+    return error

@@ -1,0 +1,236 @@
+"""Celery: every task runs inside a lease, in one line (`pip install 'ecs-protection[celery]'`).
+
+    app = Celery("jobs", broker=...)
+    ecs_protection.celery.protect(app)
+
+What it does (the README's Celery section says it for operators):
+
+- Each task of the app takes its own lease right before its body runs, in the process
+  or thread that runs it (a prefork child, a thread of the threads pool, the solo
+  worker), with a TTL and heartbeats, and gives it back when the body ends. The client
+  is fork-safe, so the worker's main process may use it before the pool forks.
+- When the ECS task drains (the sidecar refuses new leases), a task about to start
+  does not run, is not marked failed, and goes back to the broker:
+    * with `acks_late` its message is not acknowledged yet: it is rejected with
+      requeue (Celery's own `Reject(requeue=True)`);
+    * otherwise the pool acknowledged the message when it accepted the task, before
+      any task code runs: the same task (same id, arguments and options, as `retry()`
+      sends it, without counting a retry) is published again first, then this
+      delivery ends as ignored (Celery's `Ignore`), which stores no result.
+- The worker stops taking tasks: its main process asks the sidecar every
+  `drain_poll_seconds` whether the task drains and then cancels its consumers (as
+  `celery control cancel_consumer` does), so tasks sent afterwards stay on the broker
+  untouched; messages it had prefetched are put back as above, or by the broker when
+  the worker stops.
+- SIGTERM is Celery's own warm shutdown, untouched: running tasks finish (and release
+  their leases), then the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from celery import bootsteps
+from celery.exceptions import Ignore, Reject
+
+from ecs_protection._busy import default_client
+from ecs_protection._errors import TaskDrainingError
+from ecs_protection._frameworks import DEFAULT_TTL_SECONDS, LeaseOptions
+from ecs_protection._protocol import check_seconds
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from celery import Celery, Task
+    from kombu import Queue
+
+    from ecs_protection._sync import Client
+
+__all__ = ["protect"]
+
+log = logging.getLogger("ecs_protection")
+
+DEFAULT_DRAIN_POLL_SECONDS = 1.0
+_WRAPPED = "__ecs_protection__"
+
+
+class _Protection:
+    def __init__(self, lease: LeaseOptions, drain_poll_seconds: float) -> None:
+        self.lease = lease
+        self.drain_poll_seconds = drain_poll_seconds
+
+    def client(self) -> Client:
+        return self.lease.client or default_client()
+
+
+_protections: weakref.WeakKeyDictionary[Celery, _Protection] = weakref.WeakKeyDictionary()
+
+
+def protect(  # noqa: PLR0913  (all keyword options)
+    app: Celery,
+    *,
+    ttl: float | None = DEFAULT_TTL_SECONDS,
+    wait_seconds: float | None = None,
+    require_protection: bool = False,
+    client: Client | None = None,
+    drain_poll_seconds: float = DEFAULT_DRAIN_POLL_SECONDS,
+) -> Celery:
+    """Run every task of `app` inside a lease, and stop taking tasks when the ECS task drains.
+
+    Call it once, where the app is created (before the worker starts). `ttl`,
+    `wait_seconds` and `require_protection` are busy()'s options for each task's
+    lease; `client` defaults to the process's default client (TASK_PROTECTION_URL).
+    Celery's own tasks (`celery.*`, such as `celery.chord_unlock`) take no lease.
+    """
+    lease = LeaseOptions(ttl, wait_seconds, require_protection, client)
+    check_seconds("drain_poll_seconds", drain_poll_seconds, positive=True)
+    if app in _protections:
+        raise RuntimeError(f"ecs_protection.celery.protect() was already called for {app!r}")
+    protection = _Protection(lease, drain_poll_seconds)
+    _protections[app] = protection
+
+    def on_finalize(sender: Celery, **_: object) -> None:
+        _wrap_tasks(sender, protection)
+
+    # Tasks exist once the app is finalized (the worker does that before its pool forks
+    # and before it builds its tracers, which keep a reference to each task's `run`).
+    app.on_after_finalize.connect(on_finalize, weak=False)
+    if getattr(app, "finalized", False):  # (missing from celery-types' stubs)
+        _wrap_tasks(app, protection)
+    app.steps["consumer"].add(DrainWatch)
+    return app
+
+
+def _wrap_tasks(app: Celery, protection: _Protection) -> None:
+    for name, task in list(app.tasks.items()):
+        if not name.startswith("celery.") and not getattr(task.run, _WRAPPED, False):
+            _wrap(task, protection)
+
+
+def _wrap(task: Task[Any, Any], protection: _Protection) -> None:
+    # An instance attribute: the tracer calls `task.run` (or `task.__call__`, which calls
+    # `self.run`), so every base class and custom __call__ goes through it.
+    task.run = _protected(task, task.run, protection)  # type: ignore[method-assign]
+
+
+def _protected(
+    task: Task[Any, Any], run: Callable[..., Any], protection: _Protection
+) -> Callable[..., Any]:
+    @functools.wraps(run)
+    def run_protected(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        request = task.request
+        if request.called_directly or request.is_eager:
+            return run(*args, **kwargs)  # not a worker's delivery: nothing to put back
+        try:
+            held = protection.lease.hold("celery", request.id or "")
+        except TaskDrainingError:
+            _hand_back(task)
+        with held:
+            return run(*args, **kwargs)
+
+    setattr(run_protected, _WRAPPED, True)
+    return run_protected
+
+
+def _hand_back(task: Task[Any, Any]) -> NoReturn:
+    """Give the task that was about to start back to the broker, unrun and not failed."""
+    request = task.request
+    name = f"{task.name}[{request.id}]"
+    if task.acks_late:
+        log.info("task %s not started: the ECS task is draining; requeued", name)
+        raise Reject("the ECS task is draining", requeue=True) from None
+    # Acknowledged already: publish it again first, so it is never off the broker. If the
+    # publish fails, the error fails the task, which is visible, rather than lost quietly.
+    task.signature_from_request(request).apply_async()
+    log.info("task %s not started: the ECS task is draining; sent again", name)
+    raise Ignore
+
+
+class _TaskConsumer(Protocol):
+    queues: list[Queue]
+
+
+class _Consumer(Protocol):
+    """What DrainWatch uses of Celery's worker consumer (its bootsteps' parent)."""
+
+    app: Celery
+    timer: Any  # the worker's timer (kombu's, in the event loop): call_repeatedly()
+    task_consumer: _TaskConsumer
+
+    def cancel_task_queue(self, queue: str) -> None: ...
+
+
+class DrainWatch(bootsteps.StartStopStep):
+    """A consumer step: when the ECS task drains, cancel the worker's consumers.
+
+    A thread asks the sidecar (GET /state) every `drain_poll_seconds`; the consumers are
+    cancelled from the worker's own timer, in its event loop, as Celery's
+    `cancel_consumer` control command does.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: _Consumer, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(parent, **kwargs)
+        self._watcher: _DrainWatcher | None = None
+        self._timer: Any = None
+
+    def start(self, parent: _Consumer) -> None:
+        protection = _protections.get(parent.app)
+        if protection is None:
+            return
+        self._watcher = _DrainWatcher(protection.client, protection.drain_poll_seconds)
+        self._timer = parent.timer.call_repeatedly(
+            protection.drain_poll_seconds, self._stop_consuming_if_draining, (parent,)
+        )
+
+    def stop(self, parent: _Consumer) -> None:  # noqa: ARG002  (a bootstep's signature)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    shutdown = stop
+
+    def _stop_consuming_if_draining(self, consumer: _Consumer) -> None:
+        if self._watcher is None or not self._watcher.draining.is_set():
+            return
+        queues = [queue.name for queue in consumer.task_consumer.queues]
+        if not queues:
+            return  # cancelled already (checked again: a reconnect re-creates consumers)
+        log.info(
+            "the ECS task is draining: not taking tasks from %s any more; running tasks finish",
+            ", ".join(queues),
+        )
+        for name in queues:
+            consumer.cancel_task_queue(name)
+
+
+class _DrainWatcher:
+    """Polls the sidecar from a daemon thread until it drains, or until stopped."""
+
+    def __init__(self, client: Callable[[], Client], poll_seconds: float) -> None:
+        self.draining = threading.Event()
+        self._stopped = threading.Event()
+        self._client = client
+        self._poll_seconds = poll_seconds
+        threading.Thread(target=self._watch, name="ecs-protection-drain-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                if self._client().draining:
+                    self.draining.set()
+                    return
+            except Exception as exc:  # noqa: BLE001  (strict mode raises when unreachable: keep watching)
+                log.debug("could not ask the sidecar whether the task drains: %s", exc)
+            self._stopped.wait(self._poll_seconds)
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -1,0 +1,32 @@
+"""The Celery app of the framework tests: `celery -A tests.framework_apps.celery_probe worker`."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+import ecs_protection
+import ecs_protection.celery
+from tests.framework_apps.probe import job
+
+URL = os.environ["PROBE_REDIS_URL"]
+
+app = Celery("probe", broker=URL, backend=URL)
+app.conf.update(
+    task_acks_late=os.environ.get("PROBE_ACKS_LATE") == "1",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=True,
+)
+ecs_protection.celery.protect(
+    app, ttl=float(os.environ.get("PROBE_TTL", "60")), drain_poll_seconds=0.2
+)
+
+# The worker's main process uses the client before its pool forks (and its drain watch
+# goes on using it while children are forked again): children must not share its socket.
+ecs_protection.default_client().state()
+
+
+@app.task
+def work(seconds: float = 0.0, ticks: int = 0) -> str:
+    return job(URL, work.request.id or "", seconds, ticks)

@@ -1,0 +1,234 @@
+"""The framework integrations' set-up and edges: optional imports, options, which calls take
+a lease, and what a refused lease does (in-process where the framework allows it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.app.trace import build_tracer
+from dramatiq import Message, MessageProxy
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import SkipMessage
+from rq import Queue
+
+from ecs_protection import Client, TooManyLeasesError
+from ecs_protection._frameworks import lease_prefix
+from ecs_protection.celery import protect
+from ecs_protection.dramatiq import EcsProtection, LeaseRefusedError
+from ecs_protection.rq import Worker
+from tests.client_support import FakeSidecar
+from tests.framework_support import BIN, ROOT
+
+pytest_plugins = ["tests.framework_fixtures"]
+
+
+def test_importing_ecs_protection_imports_no_framework():
+    """The frameworks are extras: `import ecs_protection` (and the CLI) needs none of them."""
+    code = (
+        "import sys, ecs_protection, ecs_protection._cli\n"
+        "found = {'celery', 'rq', 'dramatiq', 'redis', 'kombu'} & set(sys.modules)\n"
+        "assert not found, found\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_client_distribution_declares_each_framework_as_an_extra():
+    text = (ROOT / "client" / "pyproject.toml").read_text()
+    import tomllib  # noqa: PLC0415  (3.11+, as the repository's own tests)
+
+    project = tomllib.loads(text)["project"]
+    assert project["dependencies"] == ["requests>=2.31"]
+    extras = project["optional-dependencies"]
+    assert set(extras) == {"async", "celery", "rq", "dramatiq"}
+    assert [extras[name][0].split(">=")[0] for name in ("celery", "rq", "dramatiq")] == [
+        "celery",
+        "rq",
+        "dramatiq",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "example"),
+    [
+        ("ecs_protection.celery.protect(app)", "celery_app.py"),
+        ("rq worker -w ecs_protection.rq.Worker", "rq_jobs.py"),
+        ("broker.add_middleware(ecs_protection.dramatiq.EcsProtection())", "dramatiq_actors.py"),
+    ],
+)
+def test_the_readme_shows_each_frameworks_one_line_as_its_example_uses_it(line, example):
+    assert line in (ROOT / "README.md").read_text()
+    assert line in (ROOT / "examples" / example).read_text()
+
+
+def test_lease_names_carry_the_job_id_in_characters_a_lease_id_may_hold():
+    assert lease_prefix("celery", "0f8a-42") == "celery-0f8a-42"
+    odd = lease_prefix("rq", "job id/with spaces é" * 10)
+    assert odd.startswith("rq-job_id_with_spaces__")
+    assert len(odd) == len("rq-") + 64
+    assert set(odd) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+
+
+@pytest.fixture
+def fake():
+    with FakeSidecar() as sidecar:
+        yield sidecar
+
+
+def test_celery_tasks_called_directly_or_eagerly_take_no_lease(fake):
+    """Only a worker's delivery takes a lease: `task()` and `task.apply()` run in the caller."""
+    app = Celery("direct", set_as_current=False)
+    protect(app, client=Client(fake.url, strict=True))
+
+    @app.task(shared=False)
+    def double(n: int) -> int:
+        return 2 * n
+
+    assert double(2) == 4
+    assert double.apply(args=(3,)).get() == 6
+    assert fake.posts("/busy") == []
+
+
+def test_celery_protect_wraps_tasks_defined_after_it_and_apps_finalized_before_it(fake):
+    """Wrapped whenever the tasks exist; Celery's own tasks (celery.*) are left alone."""
+    later = Celery("later", set_as_current=False)
+    protect(later, client=Client(fake.url))
+
+    @later.task(shared=False)
+    def defined_after() -> None: ...
+
+    early = Celery("early", set_as_current=False)
+
+    @early.task(shared=False)
+    def defined_before() -> None: ...
+
+    early.finalize()
+    protect(early, client=Client(fake.url))
+    for app in (later, early):
+        wrapped = {name for name, task in app.tasks.items() if hasattr(task.run, "__wrapped__")}
+        assert wrapped == {name for name in app.tasks if not name.startswith("celery.")}
+        assert len(wrapped) == 1
+
+
+def test_celery_bad_options_raise_and_change_nothing():
+    app = Celery("options", set_as_current=False)
+    with pytest.raises(ValueError, match="ttl"):
+        protect(app, ttl=0)
+    with pytest.raises(ValueError, match="drain_poll_seconds"):
+        protect(app, drain_poll_seconds=float("nan"))
+    protect(app)  # the failed calls registered nothing
+    with pytest.raises(RuntimeError, match="already"):
+        protect(app)
+    assert sum(step.__name__ == "DrainWatch" for step in app.steps["consumer"]) == 1
+
+
+def test_rq_worker_checks_its_lease_options_before_taking_any_job(redis_server):
+    class BadTtl(Worker):
+        protection_ttl = -1.0
+
+    connection = redis.Redis.from_url(redis_server.url(redis_server.new_db()))
+    with pytest.raises(ValueError, match="ttl"):
+        BadTtl(["default"], connection=connection)
+    assert Worker(["default"], connection=connection).protection_ttl == 60
+    connection.close()
+
+
+def test_dramatiq_middleware_bad_options_raise():
+    with pytest.raises(ValueError, match="ttl"):
+        EcsProtection(ttl=0)
+    with pytest.raises(ValueError, match="wait_seconds"):
+        EcsProtection(wait_seconds=-1)
+    with pytest.raises(TypeError, match="ttl"):
+        EcsProtection(ttl="60")  # type: ignore[arg-type]
+
+
+def traced(task: Any) -> Any:
+    """Run `task` as a worker's delivery does (not eager, not a direct call), in-process."""
+    tracer = build_tracer(task.name, task, app=task.app, eager=False, propagate=False)
+    return tracer("task-id-1", [], {}, {"id": "task-id-1", "delivery_info": {}})
+
+
+def test_celery_a_lease_refused_for_another_reason_than_a_drain_fails_the_task(fake):
+    fake.busy_error = (429, "TooManyLeases")
+    app = Celery("refused", set_as_current=False)
+    protect(app, client=Client(fake.url))
+
+    @app.task(shared=False)
+    def job() -> str:
+        return "ran"
+
+    app.finalize()
+    outcome = traced(job)
+    assert outcome.info.state == "FAILURE"
+    assert isinstance(outcome.retval.exception, TooManyLeasesError)
+
+
+def test_celery_a_drain_rejects_an_acks_late_task_with_requeue_and_runs_nothing(fake):
+    fake.draining = True
+    app = Celery("draining", set_as_current=False)
+    protect(app, client=Client(fake.url))
+    ran = []
+
+    @app.task(shared=False, acks_late=True)
+    def job() -> None:
+        ran.append(1)
+
+    app.finalize()
+    outcome = traced(job)
+    assert outcome.info.state == "REJECTED"
+    assert outcome.info.retval.requeue is True
+    assert ran == []
+
+
+@pytest.fixture
+def message() -> MessageProxy:
+    return MessageProxy(
+        Message(queue_name="default", actor_name="job", args=(1,), kwargs={}, options={})
+    )
+
+
+def test_dramatiq_a_lease_refused_for_another_reason_than_a_drain_fails_the_message(fake, message):
+    fake.busy_error = (429, "TooManyLeases")
+    middleware = EcsProtection(client=Client(fake.url))
+    with pytest.raises(LeaseRefusedError, match="TooManyLeases"):
+        middleware.before_process_message(StubBroker(), message)
+
+
+def test_dramatiq_a_drain_enqueues_the_message_again_before_it_is_skipped(fake, message):
+    fake.draining = True
+    broker = StubBroker()
+    broker.declare_queue("default")
+    with pytest.raises(SkipMessage):
+        EcsProtection(client=Client(fake.url)).before_process_message(broker, message)
+    again = Message.decode(broker.queues["default"].get_nowait())
+    assert (again.message_id, again.args, again.options) == (message.message_id, (1,), {})
+    assert message.options["store_results"] is False  # the skipped delivery stores nothing
+    broker.close()
+
+
+def test_dramatiq_a_drain_that_cannot_enqueue_the_message_again_fails_it_unrun(fake, message):
+    """Dramatiq would log any other exception and run the actor: this one fails the message."""
+    fake.draining = True
+    broker = StubBroker()  # no queue declared: enqueue raises
+    with pytest.raises(LeaseRefusedError, match="not enqueued again"):
+        EcsProtection(client=Client(fake.url)).before_process_message(broker, message)
+    broker.close()
+
+
+def test_rq_a_lease_refused_for_another_reason_puts_the_job_back_and_stops(fake, redis_db, workers):
+    fake.busy_error = (429, "TooManyLeases")
+    queue = Queue(connection=redis_db.client)
+    job = queue.enqueue("time.sleep", 0).id
+    argv = [str(BIN / "rq"), "worker", "-w", "ecs_protection.rq.Worker", "--url", redis_db.url]
+    worker = workers(argv, {"TASK_PROTECTION_URL": fake.url})
+    assert worker.wait() == 0, worker.output
+    assert f"job {job} not started: no lease (429 TooManyLeases" in worker.output
+    assert queue.get_job_ids() == [job]
+    assert queue.failed_job_registry.get_job_ids() == []
