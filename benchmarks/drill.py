@@ -171,6 +171,7 @@ class Drill:
         self.next_index = 0
         self.protected_wait = 0.0
         self.scale_events = 0
+        self.plan_steps = 0  # scaling steps taken
         self.deployments = 0
         self.produced = 0
         self._stop = threading.Event()
@@ -225,10 +226,10 @@ class Drill:
 
     def scaler(self) -> None:
         actions = {"in": self.scale_in, "out": self.scale_out, "deploy": self.deploy}
-        step = 0
         while not self._stop.wait(self.settings.scale_every):
-            actions[self.settings.plan[step % len(self.settings.plan)]]()
-            step += 1
+            plan = self.settings.plan
+            actions[plan[self.plan_steps % len(plan)]]()
+            self.plan_steps += 1
 
     def producer(self) -> None:
         settings = self.settings
@@ -275,7 +276,11 @@ class Drill:
             thread.start()
         deadline = time.monotonic() + self.settings.timeout
         while time.monotonic() < deadline:
-            if self.produced >= self.settings.jobs and len(self.done_jobs()) >= self.settings.jobs:
+            # Done when every job is, and every step of the plan has run at least once (on
+            # a slow machine the jobs may end before the scaler got round to all of it).
+            jobs_done = len(self.done_jobs()) >= self.settings.jobs
+            plan_done = self.plan_steps >= len(self.settings.plan)
+            if self.produced >= self.settings.jobs and jobs_done and plan_done:
                 break
             time.sleep(0.5)
         self._stop.set()
