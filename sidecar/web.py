@@ -1,4 +1,10 @@
-"""The HTTP API (sidecar/openapi.json; README "HTTP API"): routes, validation, errors, auth."""
+"""The HTTP API (sidecar/openapi.json; README "HTTP API"): routes, validation, errors, auth.
+
+Each handler parses its body (validation.py), calls one verb of the service
+(service.py) and maps the outcome to an answer. To add an endpoint: a handler here, its
+route in build_app(), its entry in sidecar/openapi.json (tests/test_openapi.py checks
+that every route is documented and fuzzes it).
+"""
 
 from __future__ import annotations
 
