@@ -83,7 +83,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     deadline = time.monotonic() + 5  # processes being stopped right now may take a moment
     left = leftover_processes()
     while left and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
         left = leftover_processes()
     if not left:
         return
