@@ -100,10 +100,12 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
 
 def _start_stop_detection(config: Config, service: ProtectionService) -> asyncio.Task[None] | None:
     if not config.metadata_uri or not config.metadata_poll_seconds:
-        log.info(
-            "stop detection off: no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)",
-            extra={"event": "stop_detection_off"},
+        why = (
+            "no ECS_CONTAINER_METADATA_URI_V4 (not on ECS)"
+            if not config.metadata_uri
+            else "TASK_PROTECTION_METADATA_POLL_SECONDS=0"
         )
+        log.info("stop detection off: %s", why, extra={"event": "stop_detection_off"})
         return None
     watcher = StopWatcher(config.metadata_uri, service, config.metadata_poll_seconds)
     return asyncio.create_task(watcher.run(), name="stop-detection")
