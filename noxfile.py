@@ -47,6 +47,7 @@ def client(session: nox.Session) -> None:
     tests = [
         "tests/test_client.py",
         *sorted(str(p) for p in Path("tests").glob("test_client_*.py")),
+        "tests/test_shutdown.py",  # GracefulShutdown under real SIGTERM, on each Python
     ]
     session.run(
         "python",

@@ -8,5 +8,10 @@ trap 'exit 0' TERM
 while :; do
     status=0
     ecs-protection busy -- sh -c 'echo "job started"; sleep 20; echo "job done"' || status=$?
-    if [ "$status" -eq 75 ]; then exit 0; fi  # the task is stopping: start nothing new
+    case "$status" in
+        0) ;;
+        75) exit 0 ;;  # the task is stopping: start nothing new
+        2 | 69 | 76 | 77) exit "$status" ;;  # misconfigured, or no sidecar: do not spin
+        *) sleep 1 ;;  # the job failed: carry on, without a tight loop
+    esac
 done

@@ -192,11 +192,14 @@ class FakeSidecar:
         return _error(404, "NotFound", path)
 
     def _state(self) -> dict[str, Any]:
+        # As the sidecar: at most 100 leases listed, all of them counted.
         return {
             "busy": bool(self.leases),
             "leases": [
-                {"lease": lease, "since": None, "expires_at": None} for lease in sorted(self.leases)
+                {"lease": lease, "since": None, "expires_at": None}
+                for lease in sorted(self.leases)[:100]
             ],
+            "lease_count": len(self.leases),
             "protection": {
                 "enabled": bool(self.leases),
                 "expires_at": None,

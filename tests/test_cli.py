@@ -201,6 +201,46 @@ def test_run_stops_holding_after_the_hold_timeout(sidecar):
     proc.send_signal(signal.SIGTERM)
     assert read_line(proc.stdout) == "TERM"
     assert proc.wait(timeout=30) == 0
+    assert "held back" in proc.stderr.read()  # it was held, then let go
+
+
+TERM_COUNTER = (
+    "import signal, sys;"
+    "terms = [];"
+    "signal.signal(signal.SIGTERM, lambda *a: (terms.append(1), print('TERM', flush=True),"
+    " len(terms) == 2 and sys.exit(0)));"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()"
+)
+
+
+def test_run_forwards_a_second_sigterm_at_once_even_after_a_hold(sidecar):
+    """The app ignored the first SIGTERM (let go after the hold timeout): the next one is
+    passed on at once, not held back again."""
+    sidecar.post("/busy", {"lease": "stuck"})
+    proc = start(
+        [
+            "run",
+            "--hold-timeout",
+            "0.3",
+            "--poll-seconds",
+            "0.05",
+            "--",
+            sys.executable,
+            "-c",
+            TERM_COUNTER,
+        ],
+        cli_env(sidecar),
+    )
+    assert read_line(proc.stdout) == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert read_line(proc.stdout) == "TERM"  # after the hold timeout
+    proc.send_signal(signal.SIGTERM)
+    assert read_line(proc.stdout) == "TERM"
+    assert proc.wait(timeout=30) == 0
+    log = proc.stderr.read()
+    assert log.count("held back") == 1
+    assert "second SIGTERM: forwarding it now" in log
 
 
 def test_run_forwards_other_signals_immediately(sidecar):

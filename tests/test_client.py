@@ -251,7 +251,8 @@ async def test_async_heartbeat_stops_before_the_release(fake):
         async with busy(async_client=client, ttl=0.15):
             await asyncio.to_thread(wait_until, lambda: len(fake.posts("/busy")) >= 3)
         count = len(fake.posts("/busy"))
-        await asyncio.sleep(0.01)
+        # No heartbeat task is left to post again after the release.
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("heartbeat-")]
         assert len(fake.posts("/busy")) == count
     assert fake.leases == set()
 
@@ -274,3 +275,22 @@ async def test_async_unreachable_carries_on_and_strict_raises():
         with pytest.raises(SidecarUnavailableError):
             async with busy(async_client=client):
                 pytest.fail("the body must not run")
+
+
+async def test_async_busy_warns_once_not_once_per_job(caplog, monkeypatch):
+    """Each async busy() makes its own client; the warning is still given once."""
+    monkeypatch.setenv("TASK_PROTECTION_URL", NOWHERE)
+    monkeypatch.setattr(protocol, "_warned_urls", set())  # as in a fresh process
+    for _ in range(3):
+        async with busy():
+            pass
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_state_counts_every_lease_not_only_those_listed(fake):
+    fake.leases.update(f"job-{i}" for i in range(150))
+    with Client(fake.url) as c:
+        state = c.state()
+    assert state is not None
+    assert state.leases == 150

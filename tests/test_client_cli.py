@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from tests.client_support import NOWHERE
-from tests.support import read_line, wait_for_line
+from tests.support import read_line, wait_for_line, wait_until
 
 CLI = [sys.executable, "-m", "ecs_protection"]
 
@@ -88,6 +89,30 @@ def test_draining_is_exit_75_and_the_command_does_not_run(fake, tmp_path):
     assert result.returncode == 75
     assert "stopping" in one_line(result.stderr)
     assert not marker.exists()
+
+
+def test_sigterm_while_the_lease_is_taken_means_the_command_never_starts(fake, tmp_path):
+    """Stopped while waiting for protection: the command would only be killed at once."""
+    fake.gate = threading.Event()  # /busy answers wait until opened
+    marker = tmp_path / "ran"
+    proc = subprocess.Popen(
+        [*CLI, "busy", "--", "touch", str(marker)],
+        env=env_for(fake.url),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: fake.leases, timeout=30)  # the request is at the sidecar
+        proc.send_signal(signal.SIGTERM)
+        fake.gate.set()
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not marker.exists()
+    assert fake.leases == set()  # the lease was given back
+    assert "not starting it" in proc.stderr.read()
 
 
 def test_state_unreachable_is_exit_69():

@@ -31,3 +31,26 @@ def test_children_forked_after_the_parent_used_the_client_share_nothing():
         assert outcome["held_after_children"] == 1
         state = sidecar.state()
         assert state["leases"] == []
+
+
+ASYNC_FORK = """
+import asyncio, gc, os
+from ecs_protection import AsyncClient
+client = AsyncClient("http://127.0.0.1:9")
+asyncio.run(client.state())  # its session now exists, in this (the parent's) process
+pid = os.fork()
+if pid == 0:
+    gc.collect()
+    os._exit(0)
+os.waitpid(pid, 0)
+os._exit(0)
+"""
+
+
+def test_a_child_does_not_complain_about_the_parents_async_session():
+    """The parent's aiohttp session is the parent's to close: no 'Unclosed' in the child."""
+    result = subprocess.run(
+        [sys.executable, "-c", ASYNC_FORK], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Unclosed" not in result.stderr

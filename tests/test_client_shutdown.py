@@ -83,8 +83,8 @@ def test_just_after_a_job_the_ack_gets_the_rest_of_the_grace(shutdown, client, c
     client.hold().release()
     clock.now += 2
     term(shutdown)  # no SystemExit: the code after the block may still be running
-    assert shutdown.requested
     assert shutdown.deadline == clock.now + 3
+    assert shutdown.requested  # (reading it is the loop's check: the fallback is off then)
 
 
 def test_once_the_loop_checked_requested_after_a_job_it_is_idle(shutdown, client):
@@ -112,15 +112,58 @@ def test_the_last_of_several_jobs_arms_the_fallback(shutdown, client, clock):
     assert shutdown.deadline == clock.now + 5
 
 
-def test_without_grace_there_is_no_fallback(clock, client):
-    jobs.shutdown = GracefulShutdown(grace_seconds=None, clock=clock)
+@pytest.fixture
+def no_grace(clock):
+    """A GracefulShutdown without the fallback (grace_seconds=None)."""
+    assert jobs.active == 0
+    saved = jobs.shutdown, jobs.last_ended, jobs.checked
+    made = GracefulShutdown(grace_seconds=None, clock=clock)
+    jobs.shutdown, jobs.last_ended, jobs.checked = made, None, True
+    yield made
+    jobs.shutdown, jobs.last_ended, jobs.checked = saved
+
+
+def test_without_grace_there_is_no_fallback(no_grace, client):
+    hold = client.hold()
+    term(no_grace)
+    hold.release()
+    assert no_grace.deadline is None
+
+
+def test_without_grace_a_sigterm_during_the_ack_does_not_cut_it(no_grace, client, clock):
+    """grace_seconds=None turns the fallback off; it does not make the ack idle time."""
+    client.hold().release()
+    clock.now += 3600  # however long the ack takes
+    term(no_grace)  # no SystemExit: the loop has not read `requested` since the job
+    assert no_grace.requested
+
+
+def test_once_the_main_thread_saw_requested_the_fallback_is_off(shutdown, client, clock):
+    """The loop ended by itself; its cleanup after the loop may take longer than the grace."""
+    hold = client.hold()
+    term(shutdown)
+    hold.release()
+    assert shutdown.deadline is not None
+    assert shutdown.requested  # the loop's check, in the main thread
+    assert shutdown.deadline is None
+
+
+def test_a_job_that_starts_after_the_fallback_was_armed_disarms_it(shutdown, client):
+    client.hold().release()
+    term(shutdown)  # just after a job: armed
+    assert shutdown.deadline is not None
+    jobs.enter()  # a thread that passed its check before the signal starts a job
     try:
-        hold = client.hold()
-        term(jobs.shutdown)
-        hold.release()
-        assert jobs.shutdown.deadline is None
+        assert shutdown.deadline is None
     finally:
-        jobs.shutdown = None
+        jobs.exit()
+    assert shutdown.deadline is not None  # re-armed when that job ended
+
+
+@pytest.mark.parametrize("grace", [float("inf"), float("nan"), -1])
+def test_the_grace_must_be_a_finite_number(grace):
+    with pytest.raises(ValueError, match="grace_seconds"):
+        GracefulShutdown(grace_seconds=grace)
 
 
 def test_a_redelivered_signal_exits(shutdown, client):

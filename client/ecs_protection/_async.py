@@ -24,6 +24,10 @@ def _aiohttp() -> ModuleType:
     return aiohttp
 
 
+# Sessions inherited from the parent by a forked child: never used, never collected.
+_parents_sessions: list[object] = []
+
+
 class AsyncClient(p.BaseClient):
     """Talks to the sidecar from asyncio code; one aiohttp session, kept alive.
 
@@ -54,7 +58,11 @@ class AsyncClient(p.BaseClient):
             await session.close()
 
     def _after_fork(self) -> None:
-        # The parent's session and its sockets belong to the parent's event loop.
+        # The parent's session and its sockets belong to the parent's event loop. Kept
+        # out of reach of the garbage collector: collecting it here would log "Unclosed
+        # client session" for a session that is the parent's to close.
+        if self._session is not None:
+            _parents_sessions.append(self._session)
         self._session = None
 
     async def _send(self, request: p.Request) -> tuple[int, bytes] | None:

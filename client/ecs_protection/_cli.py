@@ -220,14 +220,28 @@ def _busy(cmd: list[str], args: argparse.Namespace) -> int:
         wait_seconds=args.wait_seconds,
         require_protection=args.require_protection,
     ):
-        return _run_forwarding(cmd, source)
+        # Signals that came while the lease was being taken: a stop means CMD must not
+        # start at all (it would only be killed at once); others are passed on to it.
+        pending = [signum for signum in source.wait(0) if signum != signal.SIGCHLD]
+        stop = next((signum for signum in pending if signum in STOPS), None)
+        if stop is not None:
+            log.info("%s before %s started: not starting it", signal.Signals(stop).name, cmd[0])
+            return 128 + stop
+        return _run_forwarding(cmd, source, pending)
 
 
-def _run_forwarding(cmd: list[str], source: _signals.SignalSource) -> int:
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _run_forwarding(
+    cmd: list[str], source: _signals.SignalSource, pending: list[int] | None = None
+) -> int:
     """Run CMD, passing every forwarded signal on to it; return its exit code."""
     child = _signals.spawn(cmd, source, log.error)
     if isinstance(child, int):
         return child
+    for signum in pending or ():
+        _signals.send(child, signum)
     while True:
         code = _signals.reap(child, everyone=False)
         if code is not None:

@@ -94,12 +94,15 @@ class Hold:
 
     def release(self) -> None:
         """Give the lease back (POST /idle). Idempotent; never raises on a sidecar problem."""
+        if os.getpid() != self._pid:
+            # A forked child's copy: the lease and its count are the parent's. Checked
+            # before the lock, which a parent thread may have held at the fork.
+            self._released = True
+            return
         with self._lock:
             if self._released:
                 return
             self._released = True
-        if os.getpid() != self._pid:
-            return  # a forked child's copy: the lease and its count are the parent's
         try:
             if self._heartbeat is not None:
                 self._heartbeat.stop()
@@ -189,11 +192,16 @@ class AsyncHold:
         if os.getpid() != self._pid:
             return
         try:
-            if self._heartbeat is not None:
-                await self._heartbeat()
-            await _shielded(_end(self._client, self._id, release=True, close=self._owns_client))
+            # One shielded step: a cancellation while the heartbeat stops must not skip
+            # the release.
+            await _shielded(self._stop_and_end())
         finally:
             jobs.exit()
+
+    async def _stop_and_end(self) -> None:
+        if self._heartbeat is not None:
+            await self._heartbeat()
+        await _end(self._client, self._id, release=True, close=self._owns_client)
 
     async def __aenter__(self) -> AsyncHold:  # noqa: PYI034  (typing.Self is 3.11+; the client supports 3.9)
         return self

@@ -202,10 +202,12 @@ def parse_state(status: int, payload: bytes) -> State:
         and isinstance(draining, bool)
     ):
         raise InvalidAnswerError(status, f"not a state document: {_cut(doc)}")
+    count = doc.get("lease_count")  # the list shows at most 100 (sidecar 0.2.0 and newer)
+    held = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
     return State(
         busy=busy,
         draining=draining,
-        leases=len(leases),
+        leases=len(leases) if held is None else held,
         protected=protection["enabled"],
         raw=doc,
     )
@@ -287,20 +289,24 @@ class BaseClient:
         """Called in a forked child: drop whatever is shared with the parent."""
 
 
+# Sidecar addresses already warned about: once per process, not once per client (async
+# busy() makes a client per use).
+_warned_urls: set[str] = set()
+
+
 class Unreachable:
     """What to do when the sidecar does not answer: raise (strict) or warn once and go on."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._warned = False
 
     def handle(self, exc: Exception) -> None:
         if self._settings.strict:
             raise SidecarUnavailableError(
                 f"the ecs-protection sidecar at {self._settings.url} is unreachable: {exc}"
             ) from exc
-        if not self._warned:
-            self._warned = True
+        if self._settings.url not in _warned_urls:
+            _warned_urls.add(self._settings.url)
             log.warning(
                 "the ecs-protection sidecar at %s is unreachable (%s); carrying on without "
                 "task protection (set TASK_PROTECTION_STRICT=1 to fail instead)",
@@ -310,4 +316,4 @@ class Unreachable:
 
     def reset(self) -> None:
         """The sidecar answered again: warn again if it goes away later."""
-        self._warned = False
+        _warned_urls.discard(self._settings.url)

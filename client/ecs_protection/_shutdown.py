@@ -24,9 +24,9 @@ The rule (also in the README):
       the last block ended, the signal is delivered again to the main thread, where
       it raises SystemExit. `grace_seconds=None` turns the fallback off.
 
-The signal handler takes no lock and starts no thread (it may interrupt code holding
-either): it sets flags and writes one byte to a pipe that a watcher thread, started
-by install(), waits on.
+The signal handler starts no thread and takes no lock of its own: it sets flags, writes
+one byte to a pipe that a watcher thread (started by install()) waits on, and logs one
+line (a log write that the signal interrupted is not retried, never raised).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -69,6 +70,7 @@ class _JobCounter:
             self.active += 1
         shutdown = self.shutdown
         if shutdown is not None:
+            shutdown.deadline = None  # a job runs: nothing to hurry until it ends
             shutdown.ensure_watcher()
 
     def exit(self) -> None:
@@ -121,8 +123,10 @@ class GracefulShutdown:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if grace_seconds is not None and not grace_seconds >= 0:
-            raise ValueError(f"grace_seconds must be >= 0 or None, not {grace_seconds!r}")
+        if grace_seconds is not None and not 0 <= grace_seconds < math.inf:
+            raise ValueError(
+                f"grace_seconds must be a finite number >= 0, or None, not {grace_seconds!r}"
+            )
         self.signals = tuple(signals)
         self.exit_code = exit_code
         self.grace_seconds = grace_seconds
@@ -140,6 +144,10 @@ class GracefulShutdown:
     def requested(self) -> bool:
         """True once a stop signal arrived: finish the current job, start no new one."""
         jobs.checked = True  # the app is at its safe point: past any ack
+        if self._requested and threading.current_thread() is threading.main_thread():
+            # The main thread has seen it and stops by itself (its cleanup after the loop
+            # may take as long as it needs): the fallback is not needed any more.
+            self._disarm()
         return self._requested
 
     @property
@@ -170,15 +178,17 @@ class GracefulShutdown:
         first = not self._requested
         self._requested = True
         if self._forced or self._idle():
-            log.info("%s while idle: exiting", self.signal_name)
+            _log_quietly("%s while idle: exiting", self.signal_name)
             raise SystemExit(self.exit_code)
         if not first:
             return
         if jobs.active:
-            log.info("%s while %d job(s) run: stopping after them", self.signal_name, jobs.active)
+            _log_quietly(
+                "%s while %d job(s) run: stopping after them", self.signal_name, jobs.active
+            )
         else:
             # The code after the last block (the ack) has not reached the loop's check.
-            log.info("%s just after a job: stopping at the next safe point", self.signal_name)
+            _log_quietly("%s just after a job: stopping at the next safe point", self.signal_name)
             self._arm(jobs.last_ended)
 
     def _idle(self) -> bool:
@@ -187,15 +197,27 @@ class GracefulShutdown:
         ended = jobs.last_ended
         if ended is None or jobs.checked:
             return True
-        return self.clock() - ended >= (self.grace_seconds or 0.0)
+        if self.grace_seconds is None:
+            return False  # no fallback: the ack may take as long as it needs
+        return self.clock() - ended >= self.grace_seconds
 
     def _arm(self, ended: float | None) -> None:
         if self.grace_seconds is None or ended is None:
             return
         self.deadline = ended + self.grace_seconds
-        if self._wake is not None:
-            with contextlib.suppress(OSError):  # full: the watcher is awake anyway
-                os.write(self._wake[1], b"\0")
+        self._poke()
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline = None
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the watcher to look at the deadline again."""
+        wake = self._wake  # read once: _close_pipe may clear it meanwhile
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full, or closed: it is awake anyway
+                os.write(wake[1], b"\0")
 
     # ---- from job code ---------------------------------------------------------------
 
@@ -257,6 +279,9 @@ class GracefulShutdown:
                 return
             if ready or self.deadline is None or self.clock() < self.deadline:
                 continue
+            if jobs.active:  # a job started after all: it re-arms when it ends
+                self.deadline = None
+                continue
             self._redeliver()
             return
 
@@ -277,3 +302,10 @@ class GracefulShutdown:
             signal.pthread_kill(main.ident, self._signum)
         else:  # pragma: no cover - not POSIX
             _thread.interrupt_main()
+
+
+def _log_quietly(message: str, *args: object) -> None:
+    """Log from a signal handler: the write it interrupted may be one of the logger's own
+    (a re-entrant call on the stream); losing the line is better than raising."""
+    with contextlib.suppress(RuntimeError):
+        log.info(message, *args)

@@ -53,6 +53,7 @@ class Wrapper:
         self.clock = clock
         self._hold_deadline: float | None = None
         self._next_poll = 0.0
+        self._term_seen = False  # a second SIGTERM is always forwarded at once
 
     def run(self) -> int:
         become_subreaper()
@@ -78,14 +79,14 @@ class Wrapper:
         if signum != signal.SIGTERM:
             _signals.send(child, signum)
             return
-        if self._hold_deadline is not None:
+        if self._term_seen:
             log.info("second SIGTERM: forwarding it now")
             self._hold_deadline = None
             _signals.send(child, signum)
             return
+        self._term_seen = True
         deadline = self.clock() + self.hold_timeout
-        self._drain()
-        leases = self._leases_held()
+        leases = self._drain()  # its answer counts the leases: no second request
         if not leases:
             _signals.send(child, signum)
             return
@@ -114,14 +115,17 @@ class Wrapper:
         self._hold_deadline = None
         _signals.send(child, signal.SIGTERM)
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """POST /drain; the leases still held (0 when the sidecar cannot say)."""
         try:
             leases = self.client.drain()
         except Exception as exc:  # noqa: BLE001  (never let a sidecar problem wedge the stop)
-            log.warning("could not tell the sidecar to drain (%s): new jobs may start", exc)
-            return
-        if leases is not None:
-            log.info("sidecar is draining: new jobs are refused, %d lease(s) held", leases)
+            log.warning("could not tell the sidecar to drain (%s): not holding SIGTERM", exc)
+            return 0
+        if leases is None:
+            return 0
+        log.info("sidecar is draining: new jobs are refused, %d lease(s) held", leases)
+        return leases
 
     def _leases_held(self) -> int:
         try:

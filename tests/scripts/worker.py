@@ -6,6 +6,8 @@ DeleteMessage) waits for the line `ack` and prints `acked N`.
 
 Modes:
   loop      the loop from the README: `while not shutdown.requested`
+  loop-cleanup  the same, then a cleanup after the loop that waits for the line
+            `cleanup` (however long it takes: the fallback must not cut it)
   no-check  `while True`: stops at the next busy(), which refuses the job
   pool      jobs in daemon worker threads; the main thread only waits (a thread-pool
             server): stops through the fallback, grace after the last job
@@ -53,6 +55,12 @@ def loop_mode(shutdown: GracefulShutdown) -> None:
             handle(message)
         delete(message)
     say("loop ended")
+
+
+def loop_cleanup_mode(shutdown: GracefulShutdown) -> None:
+    loop_mode(shutdown)
+    sys.stdin.readline()  # `cleanup`: closing connections, flushing, ...
+    say("cleaned up")
 
 
 def no_check_mode(_shutdown: GracefulShutdown) -> None:
@@ -105,4 +113,10 @@ if __name__ == "__main__":
     if mode == "asyncio":
         asyncio.run(asyncio_mode(shutdown))
     else:
-        {"loop": loop_mode, "no-check": no_check_mode, "pool": pool_mode}[mode](shutdown)
+        modes = {
+            "loop": loop_mode,
+            "loop-cleanup": loop_cleanup_mode,
+            "no-check": no_check_mode,
+            "pool": pool_mode,
+        }
+        modes[mode](shutdown)
