@@ -232,6 +232,22 @@ def test_run_tells_the_sidecar_to_drain_on_sigterm(fake):
         stop(proc)
 
 
+def test_run_still_holds_sigterm_for_a_sidecar_without_drain(fake):
+    # A sidecar older than POST /drain answers 404: the leases it holds still count.
+    fake.leases.add("job")
+    fake.script("/drain", (404, b'{"error": {"code": "NotFound", "message": "no route"}}'))
+    proc = start_run(["--poll-seconds", "0.05"], env_for(fake.url))
+    try:
+        assert read_line(proc.stdout) == "ready"
+        proc.send_signal(signal.SIGTERM)
+        wait_for_stderr(proc, "held back")
+        fake.leases.clear()
+        assert read_line(proc.stdout) == "TERM"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
+
+
 def test_run_forwards_sigterm_when_the_sidecar_is_unreachable():
     proc = start_run([], env_for(NOWHERE))
     try:

@@ -120,8 +120,10 @@ class Wrapper:
         try:
             leases = self.client.drain()
         except Exception as exc:  # noqa: BLE001  (never let a sidecar problem wedge the stop)
-            log.warning("could not tell the sidecar to drain (%s): not holding SIGTERM", exc)
-            return 0
+            # A sidecar older than POST /drain (or one that failed it) may still hold
+            # leases: ask it the way older clients did.
+            log.warning("could not tell the sidecar to drain (%s): new jobs may start", exc)
+            return self._leases_held()
         if leases is None:
             return 0
         log.info("sidecar is draining: new jobs are refused, %d lease(s) held", leases)
