@@ -120,27 +120,26 @@ class EmfReporter:
         self._write = write or _stdout
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._report()
-            except Exception:
-                # Metrics must not stop for good on a surprise: log it, start again.
-                log.exception("EMF records: unexpected error", extra={"event": "emf_failed"})
-                await asyncio.sleep(self._interval)
-
-    async def _report(self) -> None:
+        # One EmfRecords for the whole run: its counters' last totals must survive a
+        # failed write, or the next record would count everything since start again.
         records = EmfRecords(self._namespace, await self._dimensions())
         last: tuple[object, ...] | None = None
         due = self._clock.monotonic()
         while True:
-            view = self._service.snapshot(lease_limit=0)
-            key = (view.protected, view.state, view.draining)
             now = self._clock.monotonic()
-            if key != last or now >= due:
-                reason = "change" if key != last else "interval"
-                record = records.record(view, self._clock.wall(), reason)
-                self._write(json.dumps(record, separators=(",", ":")) + "\n")
-                last, due = key, now + self._interval
+            try:
+                view = self._service.snapshot(lease_limit=0)
+                key = (view.state, view.draining)
+                if key != last or now >= due:
+                    reason = "change" if key != last else "interval"
+                    record = records.record(view, self._clock.wall(), reason)
+                    last, due = key, now + self._interval  # a failed write is not retried
+                    self._write(json.dumps(record, separators=(",", ":")) + "\n")
+            except Exception:
+                # Metrics must not stop for good on a surprise (stdout gone, a bug): log
+                # it and carry on at the next change or interval.
+                log.exception("EMF records: unexpected error", extra={"event": "emf_failed"})
+                due = max(due, now + self._interval)
             await self._service.wait_changed(max(0.0, due - self._clock.monotonic()))
 
     async def _dimensions(self) -> dict[str, str]:

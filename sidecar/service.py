@@ -171,6 +171,7 @@ class ProtectionService:
         """Refuse new leases from now on; with exit_when_idle, run() ends once none is held
         (or after `timeout`). Idempotent. Returns the leases held."""
         self.machine.start_drain(timeout, exit_when_idle=exit_when_idle)
+        self.reconciler.notify()  # draining is part of the state others watch (EMF)
         self.reconciler.wake()
         return len(self.machine.leases)
 

@@ -7,14 +7,24 @@ start, one at every protection change, one per interval; counters are deltas tha
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
-from sidecar.emf import EmfRecords, dimensions_from
+from sidecar.backends.local import LocalBackend
+from sidecar.clock import SystemClock
+from sidecar.emf import EmfRecords, EmfReporter, dimensions_from
+from sidecar.machine import Policy
+from sidecar.service import ProtectionService
 from tests.fakes.metadata import FakeMetadata
 from tests.fakes.threaded import ThreadedServer
 from tests.processes import SidecarProcess
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 UNITS = {"Count", "None", "Seconds"}
 
@@ -157,3 +167,75 @@ def test_counters_are_deltas_and_gauges_are_values():
     )
     assert (first["UnprotectedBusySeconds"], second["UnprotectedBusySeconds"]) == (1.5, 0.5)
     assert (first["Leases"], second["Leases"]) == (4, 2)
+
+
+# ---- the reporter in process: what it writes when the state moves or a write fails ----------
+
+
+class Stdout:
+    """Collects the reporter's records; fails the writes it is told to."""
+
+    def __init__(self, fail_on: set[int] | None = None) -> None:
+        self.records: list[dict] = []
+        self.fail_on = fail_on or set()
+        self.writes = 0
+        self.changed = asyncio.Event()
+
+    def write(self, text: str) -> None:
+        self.writes += 1
+        self.changed.set()
+        if self.writes in self.fail_on:
+            raise OSError(32, "Broken pipe")
+        self.records.append(json.loads(text))
+
+    async def wait_for(self, writes: int) -> None:
+        while self.writes < writes:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 10)
+
+
+@contextlib.asynccontextmanager
+async def reporting(stdout: Stdout) -> AsyncIterator[ProtectionService]:
+    clock = SystemClock()
+    service = ProtectionService(Policy(idle_grace=0.0), LocalBackend(clock), clock, max_leases=10)
+    reporter = EmfReporter(
+        service, clock, namespace="ns", interval=3600.0, metadata_uri=None, write=stdout.write
+    )
+    tasks = [asyncio.create_task(service.run())]
+    await asyncio.wait_for(service.reconciler.settled.wait(), 10)  # protection read: off
+    tasks.append(asyncio.create_task(reporter.run()))
+    try:
+        yield service
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_drain_writes_a_change_record_at_once():
+    stdout = Stdout()
+    async with reporting(stdout) as service:
+        await stdout.wait_for(1)  # the record at start
+        service.drain(exit_when_idle=False)
+        await stdout.wait_for(2)  # not the interval's, an hour away
+    assert [(r["reason"], r["Draining"]) for r in stdout.records] == [
+        ("change", 0),
+        ("change", 1),
+    ]
+
+
+async def test_a_failed_write_does_not_count_calls_twice():
+    stdout = Stdout(fail_on={3})  # the drain's record
+    async with reporting(stdout) as service:
+        await stdout.wait_for(1)
+        outcome = await service.busy("job", None, 5.0)
+        assert outcome.status == "protected"
+        await stdout.wait_for(2)  # protection went on: one enable
+        service.drain(exit_when_idle=False)
+        await stdout.wait_for(3)  # this write fails
+        service.idle("job")
+        await stdout.wait_for(4)
+        total = service.snapshot(lease_limit=0).calls
+    written = sum(r["BackendCallsOk"] for r in stdout.records)
+    assert written == sum(n for (_, outcome), n in total.items() if outcome == "ok")
+    assert [r["state"] for r in stdout.records] == ["off", "on", "off"]
