@@ -12,13 +12,12 @@ the outside may see of the state is a `View`, built here for /state and /metrics
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from sidecar.leases import LeaseTable, TooManyLeasesError
+from sidecar.leases import Lease, LeaseTable, TooManyLeasesError
 from sidecar.machine import DrainingError, Machine
 from sidecar.reconciler import Reconciler
 
@@ -208,12 +207,15 @@ class ProtectionService:
         def wall_of(moment: float | None) -> float | None:
             return None if moment is None else wall + moment - now
 
-        live = [
-            lease
-            for lease in machine.leases.leases()
-            if lease.expires is None or lease.expires > now
-        ]
-        oldest = heapq.nsmallest(lease_limit, live, key=lambda lease: lease.since_wall)
+        # One pass, no sort: the table keeps leases in creation order, the oldest first.
+        oldest: list[Lease] = []
+        live = 0
+        for lease in machine.leases.leases():
+            if lease.expires is not None and lease.expires <= now:
+                continue  # expired, not yet reaped
+            live += 1
+            if len(oldest) < lease_limit:
+                oldest.append(lease)
         until = machine.confirmed_until()
         belief = machine.belief
         return View(
@@ -221,7 +223,7 @@ class ProtectionService:
                 LeaseView(lease.id, lease.since_wall, lease.expires_wall, lease.ttl)
                 for lease in oldest
             ),
-            lease_count=len(live),
+            lease_count=live,
             protected=until is not None,
             state=machine.state(),
             expires_wall=machine.confirmed_until_wall(),
