@@ -7,13 +7,19 @@ same rule end to end with real SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ecs_protection import Client, GracefulShutdown
 from ecs_protection._shutdown import jobs
 from tests.client_support import FakeSidecar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Clock:
@@ -33,11 +39,11 @@ def clock():
 def shutdown(clock):
     """A GracefulShutdown the job counter reports to, without real signal handlers."""
     assert jobs.active == 0
-    saved = jobs.shutdown, jobs.last_ended, jobs.checked
+    saved = jobs.shutdown, jobs.last_ended, jobs.unchecked
     made = GracefulShutdown(grace_seconds=5, clock=clock)
-    jobs.shutdown, jobs.last_ended, jobs.checked = made, None, True
+    jobs.shutdown, jobs.last_ended, jobs.unchecked = made, None, set()
     yield made
-    jobs.shutdown, jobs.last_ended, jobs.checked = saved
+    jobs.shutdown, jobs.last_ended, jobs.unchecked = saved
 
 
 @pytest.fixture
@@ -116,11 +122,11 @@ def test_the_last_of_several_jobs_arms_the_fallback(shutdown, client, clock):
 def no_grace(clock):
     """A GracefulShutdown without the fallback (grace_seconds=None)."""
     assert jobs.active == 0
-    saved = jobs.shutdown, jobs.last_ended, jobs.checked
+    saved = jobs.shutdown, jobs.last_ended, jobs.unchecked
     made = GracefulShutdown(grace_seconds=None, clock=clock)
-    jobs.shutdown, jobs.last_ended, jobs.checked = made, None, True
+    jobs.shutdown, jobs.last_ended, jobs.unchecked = made, None, set()
     yield made
-    jobs.shutdown, jobs.last_ended, jobs.checked = saved
+    jobs.shutdown, jobs.last_ended, jobs.unchecked = saved
 
 
 def test_without_grace_there_is_no_fallback(no_grace, client):
@@ -178,3 +184,80 @@ def test_a_redelivered_signal_exits(shutdown, client):
 def test_bad_grace_is_refused():
     with pytest.raises(ValueError, match="grace_seconds"):
         GracefulShutdown(grace_seconds=float("nan"))
+
+
+# ---- which thread's check counts -------------------------------------------------------
+
+
+def in_thread(work: Callable[[], object]) -> None:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001  (handed to the test)
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert not failures, failures
+
+
+def test_another_thread_reading_requested_does_not_end_the_ack(shutdown, client):
+    """A health or metrics thread polling `requested` says nothing of this thread's ack."""
+    client.hold().release()  # the block ended; the ack runs in this thread
+    in_thread(lambda: shutdown.requested)
+    term(shutdown)  # no SystemExit: this thread has not come back to its check
+    assert shutdown.deadline is not None
+
+
+def test_a_job_and_a_check_in_another_thread_do_not_end_this_threads_ack(shutdown, client):
+    client.hold().release()  # this thread's ack runs
+
+    def other_worker() -> None:
+        client.hold().release()
+        assert not shutdown.requested  # that worker is back at its own check
+
+    in_thread(other_worker)
+    term(shutdown)  # no SystemExit: this thread's ack still runs
+    assert shutdown.deadline is not None
+
+
+def test_once_every_thread_that_ended_a_job_checked_it_is_idle(shutdown, client):
+    client.hold().release()
+
+    def other_worker() -> None:
+        client.hold().release()
+        assert not shutdown.requested
+
+    in_thread(other_worker)
+    assert not shutdown.requested  # this thread is back at its check too
+    with pytest.raises(SystemExit):
+        term(shutdown)
+
+
+# ---- the handler only sets flags: logging is the watcher's ---------------------------------
+
+
+def test_the_signal_handler_itself_logs_nothing(shutdown, client, caplog):
+    """The signal may interrupt a log call that holds a lock (a QueueHandler's queue):
+    logging from the handler would then wait on that lock for ever."""
+    caplog.set_level(logging.INFO, logger="ecs_protection")
+    hold = client.hold()
+    caplog.clear()
+    term(shutdown)
+    assert caplog.records == []
+    shutdown.flush_notes()  # what the watcher thread does once woken
+    assert "SIGTERM while 1 job(s) run: stopping after them" in caplog.text
+    hold.release()
+
+
+def test_the_exit_while_idle_is_logged_after_the_handler(shutdown, caplog):
+    caplog.set_level(logging.INFO, logger="ecs_protection")
+    with pytest.raises(SystemExit):
+        term(shutdown)
+    assert caplog.records == []
+    shutdown.flush_notes()  # the watcher, or at the latest the exit (atexit)
+    assert "SIGTERM while idle: exiting" in caplog.text

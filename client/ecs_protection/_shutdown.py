@@ -10,8 +10,10 @@
 The rule (also in the README):
 
 - SIGTERM while idle raises SystemExit at once: there is no job to lose. Idle means
-  no busy() block runs and the code after the last one is done: the app has read
-  `shutdown.requested` since (the loop's check), or `grace_seconds` have passed.
+  no busy() block runs and the code after the last one is done: every thread that
+  ended a block has since read `shutdown.requested` (its loop's check) or started its
+  next block, or `grace_seconds` have passed. A read from any other thread (a health
+  check polling `requested`) says nothing about an ack.
 - Otherwise the signal only sets `requested`. Nothing is raised from inside a block
   or from its exit: the job ends normally and the code after the block (the ack)
   runs. The process stops at the next safe point:
@@ -24,14 +26,16 @@ The rule (also in the README):
       the last block ended, the signal is delivered again to the main thread, where
       it raises SystemExit. `grace_seconds=None` turns the fallback off.
 
-The signal handler starts no thread and takes no lock of its own: it sets flags, writes
-one byte to a pipe that a watcher thread (started by install()) waits on, and logs one
-line (a log write that the signal interrupted is not retried, never raised).
+The signal handler starts no thread, takes no lock and logs nothing (the signal may
+have interrupted a log call holding a lock, a QueueHandler's queue for one): it sets
+flags, notes what it decided, and writes one byte to a pipe that a watcher thread
+(started by install()) waits on. The watcher logs the notes, and so does the exit.
 """
 
 from __future__ import annotations
 
-import _thread
+import atexit
+import collections
 import contextlib
 import logging
 import math
@@ -60,9 +64,10 @@ class _JobCounter:
         self._lock = threading.Lock()
         self.active = 0
         self.last_ended: float | None = None  # GracefulShutdown's clock
-        # Whether `requested` was read since the last block ended: the loop is back at
-        # its check, so the code after the block (the ack) is done.
-        self.checked = True
+        # Threads that ended a block and have not been back at their loop's check (read
+        # `requested`) or at their next block since: their code after the block (the
+        # ack) may still run. Changed by their own thread only; the handler reads it.
+        self.unchecked: set[int] = set()
         self.shutdown: GracefulShutdown | None = None
 
     def enter(self) -> None:
@@ -76,11 +81,12 @@ class _JobCounter:
     def exit(self) -> None:
         shutdown = self.shutdown
         with self._lock:
-            # The end time is written before the count drops: a signal handler that
-            # sees no job running also sees when the last one ended.
-            if self.active == 1 and shutdown is not None:
-                self.checked = False
-                self.last_ended = shutdown.clock()
+            # The end time and the thread are written before the count drops: a signal
+            # handler that sees no job running also sees whose ack may still run.
+            if shutdown is not None:
+                self.unchecked.add(threading.get_ident())
+                if self.active == 1:
+                    self.last_ended = shutdown.clock()
             self.active -= 1
             last = self.active == 0
         if last and shutdown is not None:
@@ -91,7 +97,7 @@ class _JobCounter:
         self._lock = threading.Lock()
         self.active = 0
         self.last_ended = None
-        self.checked = True
+        self.unchecked = set()
         if self.shutdown is not None:
             self.shutdown.after_fork()
 
@@ -102,8 +108,9 @@ _fork.on_fork(jobs.after_fork)
 
 def refuse_new_job() -> None:
     """Raise SystemExit instead of starting a job once a stop signal was handled."""
+    jobs.unchecked.discard(threading.get_ident())  # this thread's last ack is done
     shutdown = jobs.shutdown
-    if shutdown is not None and shutdown.requested:
+    if shutdown is not None and shutdown.stopping:
         log.info("not starting a new job: stopping after %s", shutdown.signal_name)
         raise SystemExit(shutdown.exit_code)
 
@@ -139,11 +146,18 @@ class GracefulShutdown:
         self._watcher_pid: int | None = None
         self._watcher_lock = threading.Lock()
         self._installed = False
+        # What the handler decided, logged outside it (deque appends are atomic).
+        self._notes: collections.deque[tuple[str, tuple[object, ...]]] = collections.deque()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop signal arrived; unlike `requested`, reading it marks nothing."""
+        return self._requested
 
     @property
     def requested(self) -> bool:
         """True once a stop signal arrived: finish the current job, start no new one."""
-        jobs.checked = True  # the app is at its safe point: past any ack
+        jobs.unchecked.discard(threading.get_ident())  # this thread is past its ack
         if self._requested and threading.current_thread() is threading.main_thread():
             # The main thread has seen it and stops by itself (its cleanup after the loop
             # may take as long as it needs): the fallback is not needed any more.
@@ -158,6 +172,7 @@ class GracefulShutdown:
         """Handle the signals (call from the main thread, before work starts)."""
         jobs.shutdown = self
         self._installed = True
+        atexit.register(self.flush_notes)
         self.ensure_watcher()
         for signum in self.signals:
             signal.signal(signum, self._handle)
@@ -170,32 +185,36 @@ class GracefulShutdown:
             jobs.shutdown = None
         self._installed = False
         self._close_pipe()
+        atexit.unregister(self.flush_notes)
+        self.flush_notes()
 
-    # ---- in the signal handler: flags and os.write only ------------------------------
+    # ---- in the signal handler: flags, notes and os.write only -----------------------
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self._signum = signal.Signals(signum)
         first = not self._requested
         self._requested = True
         if self._forced or self._idle():
-            _log_quietly("%s while idle: exiting", self.signal_name)
+            self._note("%s while idle: exiting", self.signal_name)
             raise SystemExit(self.exit_code)
         if not first:
             return
         if jobs.active:
-            _log_quietly(
-                "%s while %d job(s) run: stopping after them", self.signal_name, jobs.active
-            )
+            self._note("%s while %d job(s) run: stopping after them", self.signal_name, jobs.active)
         else:
             # The code after the last block (the ack) has not reached the loop's check.
-            _log_quietly("%s just after a job: stopping at the next safe point", self.signal_name)
+            self._note("%s just after a job: stopping at the next safe point", self.signal_name)
             self._arm(jobs.last_ended)
+
+    def _note(self, message: str, *args: object) -> None:
+        self._notes.append((message, args))
+        self._poke()
 
     def _idle(self) -> bool:
         if jobs.active:
             return False
         ended = jobs.last_ended
-        if ended is None or jobs.checked:
+        if ended is None or not jobs.unchecked:
             return True
         if self.grace_seconds is None:
             return False  # no fallback: the ack may take as long as it needs
@@ -219,7 +238,16 @@ class GracefulShutdown:
             with contextlib.suppress(OSError):  # full, or closed: it is awake anyway
                 os.write(wake[1], b"\0")
 
-    # ---- from job code ---------------------------------------------------------------
+    # ---- outside the handler ---------------------------------------------------------
+
+    def flush_notes(self) -> None:
+        """Log what the handler decided (from the watcher thread, and at exit)."""
+        while True:
+            try:
+                message, args = self._notes.popleft()
+            except IndexError:
+                return
+            log.info(message, *args)
 
     def last_job_ended(self) -> None:
         """Called by the job counter when the last job ends: never raises (see the rule)."""
@@ -277,6 +305,7 @@ class GracefulShutdown:
                     return
             except OSError:
                 return
+            self.flush_notes()
             if ready or self.deadline is None or self.clock() < self.deadline:
                 continue
             if jobs.active:  # a job started after all: it re-arms when it ends
@@ -297,15 +326,6 @@ class GracefulShutdown:
         if not main.is_alive() or main.ident is None:
             return
         # A real signal (not interrupt_main, which only sets a flag) also wakes a main
-        # thread blocked in a system call; its handler now raises SystemExit.
-        if hasattr(signal, "pthread_kill"):
-            signal.pthread_kill(main.ident, self._signum)
-        else:  # pragma: no cover - not POSIX
-            _thread.interrupt_main()
-
-
-def _log_quietly(message: str, *args: object) -> None:
-    """Log from a signal handler: the write it interrupted may be one of the logger's own
-    (a re-entrant call on the stream); losing the line is better than raising."""
-    with contextlib.suppress(RuntimeError):
-        log.info(message, *args)
+        # thread blocked in a system call; its handler now raises SystemExit. (The
+        # watcher only runs where pthread_kill exists: see ensure_watcher.)
+        signal.pthread_kill(main.ident, self._signum)
