@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+import ecs_protection
 from ecs_protection import (
     AsyncClient,
     Client,
@@ -75,6 +76,29 @@ def test_settings_from_the_environment():
     assert (settings.url, settings.strict, settings.token) == ("http://side:1", True, "tok")
     assert protocol.Settings.from_environ({}).url == "http://127.0.0.1:31680"
     assert protocol.Settings.from_environ({"TASK_PROTECTION_STRICT": "0"}).strict is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TASK_PROTECTION_URL", "127.0.0.1:31680"),  # no scheme: was taken as unreachable
+        ("TASK_PROTECTION_URL", "ftp://127.0.0.1:31680"),
+        ("TASK_PROTECTION_URL", "http://"),
+        ("TASK_PROTECTION_URL", "http://127.0.0.1:99999"),
+        ("TASK_PROTECTION_STRICT", "2"),  # was read as false
+        ("TASK_PROTECTION_TOKEN", "t\u00f6ken"),  # no HTTP header can carry it
+    ],
+)
+def test_a_bad_setting_is_a_clear_error_naming_it(name, value):
+    with pytest.raises(protocol.ConfigurationError, match=name) as error:
+        protocol.Settings.from_environ({name: value})
+    assert isinstance(error.value, ecs_protection.ProtectionError)
+    assert isinstance(error.value, ValueError)
+
+
+def test_a_bad_url_argument_is_refused_by_the_client():
+    with pytest.raises(protocol.ConfigurationError, match="url"):
+        Client("localhost:31680")
 
 
 # ---- sync --------------------------------------------------------------------------------

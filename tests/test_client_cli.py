@@ -153,6 +153,21 @@ def test_a_bad_hold_timeout_variable_is_one_line_and_exit_2(fake, value):
     assert "TASK_PROTECTION_HOLD_TIMEOUT_SECONDS" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TASK_PROTECTION_URL", "127.0.0.1:31680"), ("TASK_PROTECTION_STRICT", "2")],
+)
+@pytest.mark.parametrize("command", ["state", "busy", "run"])
+def test_a_bad_client_variable_is_one_line_and_exit_2(fake, tmp_path, command, variable, value):
+    marker = tmp_path / "ran"
+    args = ["state"] if command == "state" else [command, "--", "touch", str(marker)]
+    result = cli(args, env_for(fake.url, **{variable: value}))
+    assert result.returncode == 2
+    assert variable in one_line(result.stderr)
+    assert not marker.exists()
+    assert fake.seen == []
+
+
 @pytest.mark.parametrize("command", [["state"], ["busy", "--", "true"], ["run", "--", "true"]])
 def test_the_sidecars_drain_timeout_variable_is_not_read(fake, command):
     """A sidecar setting in the app container's environment changes nothing here."""

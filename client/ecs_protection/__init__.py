@@ -13,6 +13,7 @@ strict (TASK_PROTECTION_STRICT=1).
 from ecs_protection._async import AsyncClient
 from ecs_protection._busy import Busy, busy, default_client, hold
 from ecs_protection._errors import (
+    ConfigurationError,
     InvalidAnswerError,
     ProtectionError,
     ProtectionUnavailableError,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncHold",
     "Busy",
     "Client",
+    "ConfigurationError",
     "GracefulShutdown",
     "Hold",
     "InvalidAnswerError",

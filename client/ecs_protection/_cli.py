@@ -7,7 +7,7 @@ Exit codes (also in the README):
        unavailable, or its lease table is full (429)
   75   the task is draining: CMD was not started
   76   the sidecar answered an error, or something that is not its API (500, ...)
-  77   the sidecar refused the token (401)
+  77   the sidecar refused the token (401, or 403)
   126  CMD cannot be executed; 127 CMD not found
 """
 
@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ecs_protection import _signals
 from ecs_protection._errors import (
+    ConfigurationError,
     ProtectionUnavailableError,
     SidecarError,
     SidecarUnavailableError,
     TaskDrainingError,
     TooManyLeasesError,
 )
+from ecs_protection._protocol import Settings
 from ecs_protection._sync import Client
 from ecs_protection._wrapper import Wrapper
 
@@ -182,6 +184,10 @@ def _name(args: argparse.Namespace) -> str:
 def _command(
     parser: argparse.ArgumentParser, args: argparse.Namespace, env: Mapping[str, str]
 ) -> int:
+    try:  # every command talks to the sidecar: its settings are checked before anything runs
+        Settings.from_environ(env)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
     if args.command == "state":
         return _state()
     cmd = list(args.cmd)

@@ -1,6 +1,7 @@
 """The exceptions of ecs_protection, all under one base:
 
 ProtectionError
+ +-- ConfigurationError        a bad TASK_PROTECTION_* value or argument (also a ValueError)
  +-- SidecarUnavailableError   the sidecar did not answer (raised in strict mode only)
  +-- SidecarError              the sidecar answered with an error (status, code, message)
       +-- TaskDrainingError     503 Draining: the task is stopping, do not start the job
@@ -18,6 +19,10 @@ from typing import Any
 
 class ProtectionError(Exception):
     """Base of every error this package raises."""
+
+
+class ConfigurationError(ProtectionError, ValueError):
+    """A setting the client cannot work with: a URL without http://, STRICT=2, ..."""
 
 
 class SidecarUnavailableError(ProtectionError):

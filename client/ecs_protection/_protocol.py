@@ -12,12 +12,14 @@ import json
 import logging
 import math
 import os
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ecs_protection import _fork
 from ecs_protection._errors import (
+    ConfigurationError,
     InvalidAnswerError,
     ProtectionUnavailableError,
     SidecarError,
@@ -53,16 +55,52 @@ class Settings:
         token: str | None = None,
         strict: bool | None = None,
     ) -> Settings:
+        """Arguments first, then the environment. A value the client cannot work with
+        raises ConfigurationError: a URL it would only fail to reach, or a STRICT it
+        would read as false, must not pass for "no sidecar" and run jobs unprotected."""
         env = os.environ if environ is None else environ
         return cls(
-            url=(url or env.get("TASK_PROTECTION_URL") or DEFAULT_URL).rstrip("/"),
-            token=token or env.get("TASK_PROTECTION_TOKEN") or None,
-            strict=strict if strict is not None else _truthy(env.get("TASK_PROTECTION_STRICT")),
+            url=_checked_url(
+                "url" if url else "TASK_PROTECTION_URL",
+                url or env.get("TASK_PROTECTION_URL") or DEFAULT_URL,
+            ),
+            token=_checked_token(
+                "token" if token else "TASK_PROTECTION_TOKEN",
+                token or env.get("TASK_PROTECTION_TOKEN") or None,
+            ),
+            strict=strict if strict is not None else _flag(env.get("TASK_PROTECTION_STRICT")),
         )
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def _checked_url(name: str, url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: not a URL ({exc}): {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"{name} must be an http:// URL with a host, such as {DEFAULT_URL}; not {url!r}"
+        )
+    return url.strip().rstrip("/")
+
+
+def _checked_token(name: str, token: str | None) -> str | None:
+    # What an HTTP header can carry, and what the sidecar accepts.
+    if token is not None and not (token.isascii() and token.isprintable()):
+        raise ConfigurationError(f"{name} must be printable ASCII")
+    return token
+
+
+def _flag(value: str | None) -> bool:
+    text = (value or "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(
+        f"TASK_PROTECTION_STRICT must be 1/true/yes/on or 0/false/no/off, not {value!r}"
+    )
 
 
 def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
