@@ -117,6 +117,20 @@ def test_celery_protect_wraps_tasks_defined_after_it_and_apps_finalized_before_i
         assert len(wrapped) == 1
 
 
+def test_celery_tasks_registered_after_the_app_was_finalized_are_wrapped_by_the_worker(fake):
+    """An app finalized early (anything that reads app.tasks) registers the tasks of its
+    `include` modules afterwards: the worker wraps them before its pool starts."""
+    app = Celery("late", broker="redis://127.0.0.1:9/0", set_as_current=False)
+    protect(app, client=Client(fake.url))
+    app.finalize()
+
+    @app.task(shared=False, name="late.job")
+    def job() -> None: ...
+
+    app.WorkController(pool_cls="solo", concurrency=1, without_heartbeat=True)  # not started
+    assert hasattr(app.tasks["late.job"].run, "__wrapped__")
+
+
 def test_celery_bad_options_raise_and_change_nothing():
     app = Celery("options", set_as_current=False)
     with pytest.raises(ValueError, match="ttl"):

@@ -34,7 +34,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.exceptions import Ignore, Reject
 
 from ecs_protection._busy import default_client
@@ -101,6 +101,18 @@ def protect(  # noqa: PLR0913  (all keyword options)
     app.on_after_finalize.connect(on_finalize, weak=False)
     if getattr(app, "finalized", False):  # (missing from celery-types' stubs)
         _wrap_tasks(app, protection)
+    # An app finalized early (anything that read app.tasks) registers the tasks of the
+    # modules the worker imports (`include`, `imports`) afterwards: the worker's init,
+    # after those imports and before its pool starts, wraps them too.
+    protected_app = weakref.ref(app)
+
+    def on_worker_init(sender: object, **_: object) -> None:
+        current = protected_app()
+        starting: object = getattr(sender, "app", None)
+        if current is not None and starting is current:  # not another app's worker
+            _wrap_tasks(current, protection)
+
+    signals.worker_init.connect(on_worker_init, weak=False)
     app.steps["consumer"].add(DrainWatch)
     return app
 
