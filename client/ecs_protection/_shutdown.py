@@ -38,7 +38,6 @@ import atexit
 import collections
 import contextlib
 import logging
-import math
 import os
 import select
 import signal
@@ -47,6 +46,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ecs_protection import _fork
+from ecs_protection._protocol import check_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -130,10 +130,7 @@ class GracefulShutdown:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if grace_seconds is not None and not 0 <= grace_seconds < math.inf:
-            raise ValueError(
-                f"grace_seconds must be a finite number >= 0, or None, not {grace_seconds!r}"
-            )
+        check_seconds("grace_seconds", grace_seconds)
         self.signals = tuple(signals)
         self.exit_code = exit_code
         self.grace_seconds = grace_seconds
