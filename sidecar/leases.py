@@ -43,14 +43,25 @@ class LeaseTable:
     def __contains__(self, lease_id: object) -> bool:
         return lease_id in self._leases
 
+    def holds(self, lease_id: str, now: float) -> bool:
+        """Whether the lease is held at `now`: present, and its TTL not passed."""
+        lease = self._leases.get(lease_id)
+        return lease is not None and (lease.expires is None or lease.expires > now)
+
     def leases(self) -> list[Lease]:
         return list(self._leases.values())
 
     def acquire(self, lease_id: str, ttl: float | None, now: float, wall: float) -> bool:
-        """Create or refresh a lease; return True when it is new."""
+        """Create or refresh a lease; return True when it is new.
+
+        A refresh without a TTL restarts the lease's own: a heartbeat that omits it must
+        not turn a lease that a crashed worker would lose into one it holds forever.
+        """
         lease = self._leases.get(lease_id)
         if lease is None and len(self._leases) >= self.capacity:
             raise TooManyLeasesError(lease_id)
+        if lease is not None and ttl is None:
+            ttl = lease.ttl
         self._generation += 1
         expires = None if ttl is None else now + ttl
         expires_wall = None if ttl is None else wall + ttl
@@ -59,7 +70,6 @@ class LeaseTable:
             lease = Lease(lease_id, wall, ttl, expires, expires_wall, self._generation)
             self._leases[lease_id] = lease
         else:
-            # The latest request states the client's current intent, TTL included.
             lease.ttl, lease.expires, lease.expires_wall = ttl, expires, expires_wall
             lease.generation = self._generation
         if expires is not None:

@@ -25,12 +25,31 @@ def test_refresh_moves_the_ttl_deadline_and_old_deadlines_are_ignored():
     assert table.next_expiry() is None
 
 
-def test_refresh_without_ttl_clears_it():
+def test_a_refresh_without_a_ttl_keeps_the_leases_ttl():
+    """A heartbeat that names no TTL restarts the one the lease has; it never makes the
+    lease permanent."""
     table = LeaseTable(10)
     table.acquire("a", 5.0, 0.0, 0.0)
+    table.acquire("a", None, 3.0, 3.0)
+    lease = table.leases()[0]
+    assert (lease.ttl, lease.expires, lease.expires_wall) == (5.0, 8.0, 8.0)
+    assert table.expire(7.9) == []
+    assert table.expire(8.0) == ["a"]
+
+
+def test_a_refresh_naming_a_ttl_replaces_it():
+    table = LeaseTable(10)
+    table.acquire("a", 5.0, 0.0, 0.0)
+    table.acquire("a", 30.0, 1.0, 1.0)
+    assert table.next_expiry() == 31.0
+
+
+def test_a_lease_without_a_ttl_stays_without_one_when_refreshed():
+    table = LeaseTable(10)
+    table.acquire("a", None, 0.0, 0.0)
     table.acquire("a", None, 1.0, 1.0)
-    assert table.expire(100.0) == []
     assert table.next_expiry() is None
+    assert table.leases()[0].ttl is None
 
 
 def test_release_and_clear():

@@ -51,6 +51,7 @@ class ProtectionModel(RuleBasedStateMachine):
     def start(self, jitter: float) -> None:
         self.h = Harness(policy=POLICY, rand=jitter)
         self.model: dict[str, float | None] = {}  # lease -> expiry (harness seconds)
+        self.ttls: dict[str, float | None] = {}  # lease -> the TTL it was last given
         self.healthy_since: float | None = 0.0
         self.last_busy_at: float = -math.inf  # last moment a lease was held
         self.busy_periods = 0
@@ -112,6 +113,9 @@ class ProtectionModel(RuleBasedStateMachine):
         if not self.model:
             self.busy_periods += 1
         h.machine.acquire(lease, ttl)
+        if ttl is None and not new:  # a refresh without a TTL keeps the lease's own
+            ttl = self.ttls[lease]
+        self.ttls[lease] = ttl
         self.model[lease] = None if ttl is None else h.now + ttl
         self.act(h.settle())
 
