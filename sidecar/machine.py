@@ -265,6 +265,11 @@ class Machine:
         self._note_if_idle(self._clock.monotonic())
         return count
 
+    @_accounted
+    def expire_leases(self) -> int:
+        """Drop the leases whose TTL has passed (poll() does it too); return how many."""
+        return self._expire_leases(self._clock.monotonic())
+
     def start_drain(self, timeout: float | None, *, exit_when_idle: bool = True) -> None:
         """Refuse new leases; with exit_when_idle, poll() exits once none is held."""
         drain = self.drain
@@ -408,16 +413,7 @@ class Machine:
 
     def _observe(self, now: float) -> None:
         """What the passing of time changed: leases and protection expired, the cap."""
-        expired = self.leases.expire(now)
-        if expired:
-            self.counters.leases_expired += len(expired)
-            log.warning(
-                "%d lease(s) expired without a heartbeat: %s",
-                len(expired),
-                ", ".join(expired[:10]),
-                extra={"event": "leases_expired", "leases_expired": len(expired)},
-            )
-            self._note_if_idle(now)
+        self._expire_leases(now)
         belief = self.belief
         if belief.on and belief.expires is not None and belief.expires <= now:
             log.warning(
@@ -441,6 +437,19 @@ class Machine:
                 self.policy.max_protected,
                 extra={"event": "protection_capped", "leases": len(self.leases)},
             )
+
+    def _expire_leases(self, now: float) -> int:
+        expired = self.leases.expire(now)
+        if expired:
+            self.counters.leases_expired += len(expired)
+            log.warning(
+                "%d lease(s) expired without a heartbeat: %s",
+                len(expired),
+                ", ".join(expired[:10]),
+                extra={"event": "leases_expired", "leases_expired": len(expired)},
+            )
+            self._note_if_idle(now)
+        return len(expired)
 
     def _cap_reached(self, now: float) -> bool:
         """Whether protection has lasted so long that the final margin of the cap is here:
@@ -623,6 +632,11 @@ class Machine:
 
     def protected(self) -> bool:
         return self.confirmed_until() is not None
+
+    def holds(self, lease_id: str) -> bool:
+        """Whether `lease_id` is held now: taken, not released, its TTL not yet passed
+        (even when no poll() has dropped it yet)."""
+        return self.leases.holds(lease_id, self._clock.monotonic())
 
     def unprotected_busy_seconds(self) -> float:
         """Seconds so far with a lease held and protection not confirmed."""

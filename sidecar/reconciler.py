@@ -118,17 +118,17 @@ class Reconciler:
         machine = self.machine
         deadline = self._clock.monotonic() + wait_seconds
         while True:
+            # A lease whose TTL passed while waiting is not held, even before a poll has
+            # dropped it: protection confirmed now is not protection for it.
+            if not machine.holds(lease_id):
+                return False
             if machine.protected():
                 return True
             remaining = deadline - self._clock.monotonic()
-            if (
-                remaining <= 0
-                or lease_id not in machine.leases
-                or machine.gives_up_before(deadline)
-            ):
+            if remaining <= 0 or machine.gives_up_before(deadline):
                 return False
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
-                return machine.protected()
+                return machine.holds(lease_id) and machine.protected()

@@ -124,24 +124,29 @@ class ProtectionService:
                 protected = await self.reconciler.wait_protected(lease, wait)
             finally:
                 self._waiting -= 1
-        if protected:
+        if machine.expire_leases():  # a TTL that passed while waiting: gone now
+            self.reconciler.notify()
+            self.reconciler.wake()
+        kept = lease in machine.leases
+        if protected and kept:
             return BusyOutcome(
                 "protected", lease, len(machine.leases), machine.confirmed_until_wall()
             )
-        kept = lease in machine.leases
-        error = machine.retry.last_error
-        reason = (
-            "the lease was released before protection was confirmed"
-            if not kept
-            else f"{MAX_WAITERS} requests are already waiting for confirmation"
-            if crowded
-            else f"{error.code}: {error.message}"
-            if error
-            else "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
-            if machine.belief.capped
-            else f"not confirmed within {wait:g}s"
-        )
+        reason = self._unconfirmed_reason(kept=kept, crowded=crowded, wait=wait)
         return BusyOutcome("unconfirmed", lease, len(machine.leases), reason=reason, kept=kept)
+
+    def _unconfirmed_reason(self, *, kept: bool, crowded: bool, wait: float) -> str:
+        """Why a /busy is answered without protection, the most specific cause first."""
+        if not kept:
+            return "the lease was released or its TTL passed before protection was confirmed"
+        if crowded:
+            return f"{MAX_WAITERS} requests are already waiting for confirmation"
+        error = self.machine.retry.last_error
+        if error is not None:
+            return f"{error.code}: {error.message}"
+        if self.machine.belief.capped:
+            return "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
+        return f"not confirmed within {wait:g}s"
 
     def idle(self, lease: str) -> tuple[bool, int]:
         """Release `lease`: (whether it was held, leases still held)."""

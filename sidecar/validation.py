@@ -10,6 +10,9 @@ from typing import Any
 from sidecar.leases import DEFAULT_LEASE, LEASE_ID
 
 MAX_TTL_SECONDS = 7 * 86400.0
+# A TTL must outlive the answer that grants it: a lease that may expire before its
+# 200 reaches the client would be "protected" for nobody.
+MIN_TTL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 300.0
 DEFAULT_WAIT_SECONDS = 10.0
 
@@ -38,9 +41,7 @@ def parse_busy(payload: bytes) -> BusyRequest:
     doc = _object(payload, ("lease", "ttl_seconds", "wait_seconds"))
     return BusyRequest(
         lease=_lease(doc),
-        ttl_seconds=_number(
-            doc, "ttl_seconds", None, low=0.0, high=MAX_TTL_SECONDS, low_inclusive=False
-        ),
+        ttl_seconds=_number(doc, "ttl_seconds", None, low=MIN_TTL_SECONDS, high=MAX_TTL_SECONDS),
         wait_seconds=_number(
             doc, "wait_seconds", DEFAULT_WAIT_SECONDS, low=0.0, high=MAX_WAIT_SECONDS
         )
@@ -83,14 +84,13 @@ def _lease(doc: dict[str, Any]) -> str:
     return value
 
 
-def _number(  # noqa: PLR0913  (one call site per field reads best with keywords)
+def _number(
     doc: dict[str, Any],
     name: str,
     default: float | None,
     *,
     low: float,
     high: float,
-    low_inclusive: bool = True,
 ) -> float | None:
     if name not in doc or doc[name] is None:
         return default
@@ -101,10 +101,8 @@ def _number(  # noqa: PLR0913  (one call site per field reads best with keywords
         value = float(raw)  # JSON integers have no size limit: 1 followed by 400 zeros
     except OverflowError:
         value = math.inf
-    too_low = value < low or (value == low and not low_inclusive)
-    if not math.isfinite(value) or too_low or value > high:
-        bound = ">=" if low_inclusive else ">"
-        raise InvalidRequestError(f"{name!r} must be {bound} {low:g} and <= {high:g} seconds", name)
+    if not math.isfinite(value) or value < low or value > high:
+        raise InvalidRequestError(f"{name!r} must be >= {low:g} and <= {high:g} seconds", name)
     return value
 
 

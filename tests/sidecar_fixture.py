@@ -41,6 +41,11 @@ class Running:
         await asyncio.sleep(0)
         await asyncio.wait_for(self.reconciler.settled.wait(), 10)
 
+    async def time_moved(self) -> None:
+        """After a test moved the fake clock: let the sidecar act on its timers, settled."""
+        self.reconciler.wake()
+        await self.settle()
+
     async def holds(self, lease: str, within: float = 10.0) -> None:
         """Wait until the machine holds `lease` (a request in flight has reached it)."""
         async with asyncio.timeout(within):

@@ -12,6 +12,7 @@ from tests.fakes import agent as fa
 from tests.fakes.agent import FakeAgent
 from tests.fakes.clock import FakeClock
 from tests.sidecar_fixture import running_sidecar
+from tests.support import eventually
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -252,6 +253,8 @@ BAD_BODIES = [
     (b'{"ttl_seconds": "10"}', "InvalidRequest", "ttl_seconds"),
     (b'{"ttl_seconds": 0}', "InvalidRequest", "ttl_seconds"),
     (b'{"ttl_seconds": -1}', "InvalidRequest", "ttl_seconds"),
+    (b'{"ttl_seconds": 1e-300}', "InvalidRequest", "ttl_seconds"),  # expired once answered
+    (b'{"ttl_seconds": 0.999}', "InvalidRequest", "ttl_seconds"),
     (b'{"ttl_seconds": true}', "InvalidRequest", "ttl_seconds"),
     (b'{"ttl_seconds": NaN}', "InvalidRequest", "ttl_seconds"),
     (b'{"ttl_seconds": 1e999}', "InvalidRequest", "ttl_seconds"),
@@ -367,3 +370,39 @@ async def test_state_lists_at_most_a_hundred_leases_and_counts_them_all(aiohttp_
         _, state = await sidecar.get("/state")
         assert (len(state["leases"]), state["lease_count"], state["busy"]) == (100, 1500, True)
         assert state["leases"][0]["lease"] == "job-0"  # the oldest first
+
+
+async def test_a_refresh_without_ttl_keeps_the_leases_ttl(fake_time):
+    """A heartbeat that names no ttl_seconds restarts the lease's TTL instead of making
+    the lease permanent: a worker killed after it still loses its lease."""
+    sidecar, _agent, clock = fake_time
+    await sidecar.post("/busy", {"lease": "w", "ttl_seconds": 5})
+    clock.advance(3)
+    assert (await sidecar.post("/busy", {"lease": "w"}))[0] == 200
+    _, state = await sidecar.get("/state")
+    assert state["leases"][0]["ttl_seconds"] == 5
+    clock.advance(5.5)
+    await sidecar.time_moved()
+    _, state = await sidecar.get("/state")
+    assert (state["busy"], state["lease_count"]) == (False, 0)
+
+
+async def test_the_shortest_ttl_is_one_second(sidecar):
+    status, body = await sidecar.post("/busy", {"lease": "w", "ttl_seconds": 1})
+    assert (status, body["protected"]) == (200, True)
+
+
+async def test_a_waiting_busy_is_not_answered_protected_for_a_lease_that_expired(fake_time):
+    """Protection confirmed after the lease's TTL passed (a slow agent): the lease is gone,
+    so the answer is 503 with no lease held, never 200 protected."""
+    sidecar, agent, clock = fake_time
+    agent.fail(fa.delay(30, methods=("PUT",)))
+    waiting = asyncio.create_task(
+        sidecar.post("/busy", {"lease": "j", "ttl_seconds": 5, "wait_seconds": 60})
+    )
+    await eventually(lambda: clock.sleeping)  # the enable is at the agent, delayed
+    clock.advance(31)  # it lands only now, long after the TTL
+    status, body = await asyncio.wait_for(waiting, 5)
+    assert agent.puts() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}]
+    assert (status, body["error"]["code"], body["leases"]) == (503, "ProtectionUnavailable", 0)
+    assert "TTL passed" in body["error"]["message"]
