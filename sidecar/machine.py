@@ -24,6 +24,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 from sidecar.backends.base import BackendError, Protection, ProtectionRefusedError
+from sidecar.clock import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -284,6 +285,11 @@ class Machine:
         """A confirmed answer. The backend has checked it (an enable answered 'on')."""
         now = self._clock.monotonic()
         belief = self.belief
+        if call.op is Op.ENABLE and protection.enabled:
+            expired = self._expired_on_arrival(call, protection, now)
+            if expired is not None:
+                self._enable_not_confirmed(call, expired)
+                return
         self.inflight = None
         self.counters.count(call.op, "ok")
         self.retry.reset()
@@ -378,6 +384,47 @@ class Machine:
                 "attempt": retry.failures,
             },
         )
+
+    def _expired_on_arrival(
+        self, call: Call, protection: Protection, now: float
+    ) -> BackendError | None:
+        """An enable answered "on" with an expiry that has already passed by the server's
+        clock: nothing is confirmed. Counted as a failure (with back-off), or the machine
+        would enable again at every renewal floor for as long as it lasts."""
+        expires, _, _ = self._expiry(call, protection, now)
+        if expires > now:
+            return None
+        shown = rfc3339(protection.expires_at.timestamp()) if protection.expires_at else "none"
+        local_left = (
+            None
+            if protection.expires_at is None
+            else protection.expires_at.timestamp() - self._clock.wall()
+        )
+        if protection.remaining is not None and local_left is not None and local_left > 0:
+            ahead = round(local_left - protection.remaining)
+            return BackendError(
+                "ClockSkew",
+                f"the backend's clock (its Date header) is {ahead} s ahead of this sidecar's: "
+                f"by it the expiry ECS granted ({shown}) has already passed, so protection "
+                "cannot be confirmed; fix the clock of the ECS agent's host or this task",
+                retryable=False,
+                maybe_transient=True,
+            )
+        return BackendError(
+            "ExpiredOnArrival",
+            f"the backend answered the enable with an expiry already past ({shown})",
+            retryable=False,
+            maybe_transient=True,
+        )
+
+    def _enable_not_confirmed(self, call: Call, error: BackendError) -> None:
+        """An enable that landed at ECS yet confirms nothing: a failure, and ECS may now
+        be protected, so an idle sidecar must switch it off rather than forget it."""
+        self.on_failure(call, error)
+        belief = self.belief
+        if not belief.on:  # a renewal keeps the expiry it had: an enable only extends it
+            belief.known = False
+            belief.uncertain = True
 
     # ---- the decision -------------------------------------------------------
 

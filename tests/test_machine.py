@@ -102,13 +102,41 @@ def test_renewal_is_not_late_when_the_local_clock_lags_ecs():
 
 
 def test_an_expiry_in_the_past_does_not_make_the_machine_spin():
-    """A backend that returns an already-past expiry is renewed at most every min_renew_gap."""
+    """A backend that returns an already-past expiry: a failure, retried with back-off."""
     h = started()
     h.reported_skew = -7200.0  # ECS reports an expiry an hour in the past
     h.busy()
     h.run_for(60)
     enables = [m.at for m in h.made if m.op is ENABLE]
-    assert enables == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert enables == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0, 31.0, 39.0, 47.0, 55.0]
+    assert not h.machine.protected()
+    error = h.machine.retry.last_error
+    assert error is not None
+    assert error.code == "ExpiredOnArrival"
+
+
+def test_an_agent_clock_hours_ahead_is_backed_off_and_reported():
+    """The agent's Date header 2 h ahead: by its clock every enable is already expired, so
+    /busy is never confirmed. The repeats back off (exponentially, capped at the slow
+    retry) instead of an enable every 10 s, and last_error names the clock difference."""
+    h = started()
+    h.date_skew = -7200.0  # the agent's Date is two hours ahead of ECS's clock
+    h.busy()
+    h.run_for(3600)
+    enables = [m.at for m in h.made if m.op is ENABLE]
+    assert enables[:6] == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0]
+    assert len(enables) <= 3600 / h.policy.slow_retry + 12  # was 361: one per 10 s
+    gaps = [b - a for a, b in itertools.pairwise(enables)]
+    assert gaps[-1] == h.policy.slow_retry
+    assert not h.machine.protected()  # nothing is claimed that the agent's clock denies
+    error = h.machine.retry.last_error
+    assert error is not None
+    assert error.code == "ClockSkew"
+    assert "7200 s ahead" in error.message
+    h.idle()
+    h.run_for(h.policy.idle_grace)
+    assert h.ops()[-1] is DISABLE  # ECS may well be protected: switched off when idle
+    assert not h.ecs_protected()
 
 
 def test_a_job_within_the_grace_makes_no_call():
