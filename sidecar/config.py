@@ -18,7 +18,8 @@ import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
 BackendName = Literal["agent", "api", "local"]
 
 PREFIX = "TASK_PROTECTION_"
-BACKENDS = ("auto", "agent", "api", "local")
+BACKEND_NAMES: tuple[BackendName, ...] = get_args(BackendName)
+BACKENDS = ("auto", *BACKEND_NAMES)
+# A token file holds a few dozen bytes; anything much larger is the wrong file.
+MAX_TOKEN_FILE_BYTES = 4096
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 Kind = Literal["text", "integer", "seconds", "choice"]
@@ -42,7 +46,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """How one field of Config is read: `TASK_PROTECTION_<name>` and `--<name>`."""
+    """How one field of Config is read: `TASK_PROTECTION_<name>` and `--<name>` (a secret
+    has no flag: a command line shows in every process listing)."""
 
     name: str  # the variable's suffix
     kind: Kind
@@ -52,15 +57,15 @@ class Setting:
     choices: tuple[str, ...] = ()
     off: float | None = None  # a value outside [low, high] that means "off"
     optional: bool = False  # empty or unset: None
-    secret: bool = False  # never shown
+    secret: bool = False  # never shown, never a flag
 
     @property
     def env(self) -> str:
         return PREFIX + self.name
 
     @property
-    def flag(self) -> str:
-        return "--" + self.name.lower().replace("_", "-")
+    def flag(self) -> str | None:
+        return None if self.secret else _flag(self.name)
 
     def allowed(self) -> str:
         """The values it accepts, in words, for --help, errors and the README."""
@@ -133,8 +138,15 @@ class Config:
     token: str | None = setting(
         None,
         "text",
-        "at least 16 printable ASCII characters; POSTs then need 'Authorization: Bearer <token>'",
+        "at least 16 printable ASCII characters; POSTs then need 'Authorization: Bearer <token>'. "
+        "Never a flag; on ECS fill it from Secrets Manager or Parameter Store (`secrets`)",
         secret=True,
+    )
+    token_file: str | None = setting(
+        None,
+        "text",
+        "a file holding the token instead (one trailing newline is stripped), "
+        "e.g. a mounted secret; not together with TASK_PROTECTION_TOKEN",
     )
     log_format: str = setting(
         "json", "choice", "one JSON object per line, or text", choices=LOG_FORMATS
@@ -194,12 +206,13 @@ class Config:
 
         `api_available` tells whether the `api` backend can be used (boto3 installed).
         """
-        raw = _merge(environ, argv)
         problems: list[str] = []
+        raw = _merge(environ, argv, problems)
         values: dict[str, Any] = {
             field: _parse(spec, raw.get(spec.name), default, problems)
             for field, spec, default in declared()
         }
+        values["token"] = _token(values["token"], values["token_file"], problems)
         agent_uri = _ecs_uri(environ, "ECS_AGENT_URI", problems)
         metadata_uri = _ecs_uri(environ, "ECS_CONTAINER_METADATA_URI_V4", problems)
         backend, reason = _resolve_backend(
@@ -276,13 +289,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # `--po 5` must not quietly mean --port
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    secrets = []
     for _, spec, default in declared():
+        if spec.flag is None:
+            secrets.append(spec.env)
+            continue
         parser.add_argument(
             spec.flag,
             dest=spec.name,
             metavar=spec.name,
             help=f"{spec.help}. {spec.allowed()}; default {_shown(default)} ({spec.env})",
         )
+    parser.epilog = (
+        "Secrets are never flags (a command line shows in every process listing): set "
+        f"{', '.join(secrets)} in the environment."
+        if secrets
+        else None
+    )
     return parser
 
 
@@ -292,7 +315,8 @@ def settings_table() -> str:
     for _, spec, default in declared():
         shown = _shown(default)
         shown = shown if default is None else f"`{shown}`"
-        rows.append(f"| `{spec.env}` | `{spec.flag}` | {shown} | {spec.allowed()} | {spec.help} |")
+        flag = "none (a secret)" if spec.flag is None else f"`{spec.flag}`"
+        rows.append(f"| `{spec.env}` | {flag} | {shown} | {spec.allowed()} | {spec.help} |")
     return "\n".join(rows)
 
 
@@ -314,13 +338,74 @@ def version() -> str:
         return "unknown"
 
 
-def _merge(environ: Mapping[str, str], argv: Sequence[str]) -> dict[str, str]:
+def _flag(name: str) -> str:
+    return "--" + name.lower().replace("_", "-")
+
+
+def _merge(environ: Mapping[str, str], argv: Sequence[str], problems: list[str]) -> dict[str, str]:
     """Raw values by setting name: the variables, then the flags over them."""
     names = [spec.name for _, spec, _ in declared()]
     raw = {name: environ[PREFIX + name] for name in names if PREFIX + name in environ}
-    flags = vars(build_arg_parser().parse_args(list(argv)))
+    flags = vars(build_arg_parser().parse_args(_without_secret_flags(argv, problems)))
     raw.update({name: value for name, value in flags.items() if value is not None})
     return raw
+
+
+def _without_secret_flags(argv: Sequence[str], problems: list[str]) -> list[str]:
+    """argv less any flag a secret would have (and its value), each one a problem that
+    points at the variable instead; the value itself is never repeated."""
+    secret = {_flag(spec.name): spec for _, spec, _ in declared() if spec.flag is None}
+    variables = {spec.env for _, spec, _ in declared()}
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        name = arg.split("=", 1)[0]
+        spec = secret.get(name)
+        if spec is None:
+            kept.append(arg)
+            continue
+        skip_value = "=" not in arg
+        from_file = f"{spec.env}_FILE"
+        alternatives = f"{spec.env} or {from_file}" if from_file in variables else spec.env
+        problems.append(
+            f"{name}: a secret is never a flag (a command line shows in every process "
+            f"listing); set {alternatives} in the environment instead"
+        )
+    return kept
+
+
+def _token(token: str | None, path: str | None, problems: list[str]) -> str | None:
+    """The token, from TASK_PROTECTION_TOKEN or the file TASK_PROTECTION_TOKEN_FILE names."""
+    if path is None:
+        return token
+    if token is not None:
+        problems.append(
+            "TASK_PROTECTION_TOKEN and TASK_PROTECTION_TOKEN_FILE are both set: set one of them"
+        )
+        return token
+    try:
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        problems.append(f"TASK_PROTECTION_TOKEN_FILE={path!r} cannot be read: {exc.strerror}")
+        return None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        problems.append(
+            f"TASK_PROTECTION_TOKEN_FILE={path!r} is larger than {MAX_TOKEN_FILE_BYTES} bytes: "
+            "not a token"
+        )
+        return None
+    # One trailing newline, as `echo` and most editors write it; anything else is kept,
+    # so that a stray character fails the token check instead of changing the token.
+    text = data.decode("utf-8", errors="replace").removesuffix("\n")
+    if not text:
+        problems.append(f"TASK_PROTECTION_TOKEN_FILE={path!r} is empty")
+        return None
+    return text
 
 
 # Decimal notation only: int() and float() would also take `1_000`, ` +5`, `inf`, `1e400`.
@@ -378,8 +463,15 @@ def _resolve_backend(
             "would tell the app it is protected while ECS is not. Use agent or api"
         )
         return "local", "unusable"
-    named: dict[str, BackendName] = {"agent": "agent", "api": "api", "local": "local"}
-    return named.get(choice, "local"), f"TASK_PROTECTION_BACKEND={choice}"
+    return _backend_named(choice), f"TASK_PROTECTION_BACKEND={choice}"
+
+
+def _backend_named(choice: str) -> BackendName:
+    """The backend `choice` names; the choices were checked against BACKENDS on parsing."""
+    for name in BACKEND_NAMES:
+        if name == choice:
+            return name
+    raise ValueError(f"TASK_PROTECTION_BACKEND={choice!r}: not a backend")
 
 
 def _auto_backend(

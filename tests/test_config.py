@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from sidecar.config import (
+    BACKENDS,
+    BackendName,
     Config,
     ConfigError,
+    _backend_named,
     build_arg_parser,
     declared,
     settings_table,
@@ -182,11 +188,13 @@ def test_the_readme_table_is_the_declared_settings():
 
 
 def test_every_declared_setting_has_a_flag_an_env_var_and_help():
-    """One declaration gives the variable, the flag, the default and the allowed values."""
+    """One declaration gives the variable, the flag (none for a secret), the default and
+    the allowed values."""
     parser_help = build_arg_parser().format_help()
     for field, spec, default in declared():
         assert spec.env == "TASK_PROTECTION_" + spec.name
-        assert spec.flag in parser_help
+        assert (spec.flag is None) == spec.secret
+        assert spec.flag is None or spec.flag in parser_help
         assert spec.env in parser_help
         assert getattr(Config(), field) == default
     config = Config.from_environ({"TASK_PROTECTION_IDLE_GRACE_SECONDS": "3"}, ["--port", "5"])
@@ -198,3 +206,92 @@ def test_version_is_the_package_version(capsys):
         Config.from_environ({}, ["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out.strip() == f"ecs-protection-sidecar {version()}"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--token", "a-long-enough-token-value"], ["--token=a-long-enough-token-value"]]
+)
+def test_the_token_is_never_a_flag(argv):
+    """A flag would show the secret in every process listing: refused, pointing at the
+    variables that carry it."""
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ({}, argv)
+    [problem] = caught.value.problems
+    assert "\n" not in problem
+    assert "TASK_PROTECTION_TOKEN" in problem
+    assert "a-long-enough-token-value" not in problem
+    assert "--token" not in build_arg_parser().format_help().replace("--token-file", "")
+
+
+def test_the_token_can_come_from_a_file(tmp_path):
+    """A mounted secret: one trailing newline stripped, nothing else."""
+    path = tmp_path / "token"
+    path.write_text("a-long-enough-token-value\n")
+    config = Config.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(path)})
+    assert config.token == "a-long-enough-token-value"
+    assert "a-long-enough-token-value" not in repr(config.describe())
+    flagged = Config.from_environ({}, ["--token-file", str(path)])
+    assert flagged.token == "a-long-enough-token-value"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "is empty"),
+        ("\n", "is empty"),
+        ("a-long-enough-token-value\n\n", "printable ASCII"),  # only one newline is stripped
+    ],
+)
+def test_a_token_file_that_holds_no_valid_token_is_refused(tmp_path, content, expected):
+    path = tmp_path / "token"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        Config.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(path)})
+    assert all("\n" not in problem for problem in caught.value.problems)
+
+
+def test_an_unreadable_token_file_is_refused(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match="TASK_PROTECTION_TOKEN_FILE") as caught:
+        Config.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(missing)})
+    [problem] = caught.value.problems
+    assert "cannot be read" in problem
+    assert "\n" not in problem
+
+
+def test_a_token_and_a_token_file_together_are_refused(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("a-long-enough-token-value")
+    with pytest.raises(ConfigError, match="both") as caught:
+        Config.from_environ(
+            {
+                "TASK_PROTECTION_TOKEN": "another-long-token-value",
+                "TASK_PROTECTION_TOKEN_FILE": str(path),
+            }
+        )
+    [problem] = caught.value.problems
+    assert "another-long-token-value" not in problem
+
+
+def test_the_sidecar_refuses_a_token_flag_with_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--token", "a-long-enough-token-value"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "TASK_PROTECTION_TOKEN" in line
+    assert "a-long-enough-token-value" not in line
+
+
+def test_the_backend_names_are_declared_once_and_an_unknown_one_is_an_error():
+    """No fallback to the simulation: a name that is not a backend cannot become one."""
+    assert ("auto", *get_args(BackendName)) == BACKENDS
+    for name in get_args(BackendName):
+        assert _backend_named(name) == name
+    with pytest.raises(ValueError, match="magic"):
+        _backend_named("magic")
