@@ -51,13 +51,21 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's routing and size errors, in the API's JSON shape with a useful message."""
     allow = exc.headers.get("Allow")
     message = {
-        404: f"no endpoint {request.path}; the API has POST /busy, POST /idle, "
-        "POST /release, POST /drain, GET /state, GET /healthz, GET /metrics, GET /openapi.json",
+        404: f"no endpoint {request.path}; the API has {_endpoints(request.app)}",
         405: f"{request.method} is not allowed on {request.path}; use {allow}",
         413: f"request body is larger than {MAX_BODY_BYTES} bytes",
     }.get(exc.status, exc.reason)
     code = _HTTP_CODES.get(exc.status, exc.reason.replace(" ", ""))
     return error_response(exc.status, code, message, headers={"Allow": allow} if allow else None)
+
+
+def _endpoints(app: web.Application) -> str:
+    """The routes the app serves, as `METHOD /path`, in the order build_app() adds them."""
+    return ", ".join(
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    )
 
 
 class Api:

@@ -7,7 +7,13 @@ import json
 import re
 
 import pytest
+from aiohttp import web
 
+from sidecar.backends.agent import AgentBackend
+from sidecar.clock import SystemClock
+from sidecar.machine import Policy
+from sidecar.service import ProtectionService
+from sidecar.web import Api, build_app
 from tests.fakes import agent as fa
 from tests.fakes.agent import FakeAgent
 from tests.fakes.clock import FakeClock
@@ -406,3 +412,25 @@ async def test_a_waiting_busy_is_not_answered_protected_for_a_lease_that_expired
     assert agent.puts() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}]
     assert (status, body["error"]["code"], body["leases"]) == (503, "ProtectionUnavailable", 0)
     assert "TTL passed" in body["error"]["message"]
+
+
+async def test_the_404_message_lists_the_routes_the_server_has(aiohttp_client, agent):
+    """Derived from the router: a route added to the app is listed without more edits."""
+    service = ProtectionService(
+        Policy(), AgentBackend(agent.uri("task-1")), SystemClock(), max_leases=10
+    )
+    app = build_app(Api(service, None))
+
+    async def extra(_request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app.router.add_get("/extra", extra)
+    client = await aiohttp_client(app)
+    response = await client.get("/nope")
+    message = (await response.json())["error"]["message"]
+    assert response.status == 404
+    assert "GET /extra" in message
+    for method, path in [("POST", "/busy"), ("POST", "/drain"), ("GET", "/state")]:
+        assert f"{method} {path}" in message
+    assert "HEAD" not in message
+    await service.close()
