@@ -72,7 +72,7 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             "ecs-protection-sidecar listening on http://%s:%d with backend %s (%s)%s",
             config.host,
             port,
-            service.backend.name,
+            service.backend_name,
             config.backend_reason,
             " (loopback only)" if config.host in ("127.0.0.1", "::1", "localhost") else "",
             extra={"event": "listening", "config": config.describe(), "port": port},

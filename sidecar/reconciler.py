@@ -1,4 +1,8 @@
-"""The asyncio shell around the machine: runs its calls, waits its timers, wakes its waiters."""
+"""The asyncio shell around the machine: runs its calls, waits its timers, wakes its waiters.
+
+Only the service (service.py) drives it: each event changes the machine there, then
+`wake()` makes the loop poll again and `notify()` makes waiters look at the state again.
+"""
 
 from __future__ import annotations
 
@@ -18,27 +22,37 @@ log = logging.getLogger("sidecar.reconciler")
 
 
 class Reconciler:
-    """Drives a Machine: one loop that polls it, one task per backend call.
+    """Drives a Machine: one loop that polls it and does what it says.
 
-    Events from HTTP handlers and signals mutate the machine directly (same thread) and
-    call `wake()`; the loop then polls again. Waiters for confirmation block on
-    `changed`, which is replaced after every backend answer.
+    A `Call` runs as a task (at most one at a time: the machine asks for no other while
+    one is in flight) whose answer goes back into the machine; a `Wait` sleeps until its
+    moment or the next `wake()`; an `Exit` ends `run()`. Whoever waits for the state to
+    move (`wait_protected`, `wait_changed`) waits on `_changed`, an event set and
+    replaced by `notify()`: after every backend answer, and whenever a poll expired
+    leases or moved the protection state.
     """
 
     def __init__(self, machine: Machine, backend: Backend, clock: Clock) -> None:
-        self.machine = machine
-        self.backend = backend
+        self._machine = machine
+        self._backend = backend
         self._clock = clock
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
-        # Set while the loop sleeps with nothing in flight: lets tests (and the drill)
-        # wait for the reconciler to act on an event instead of sleeping.
-        self.settled = asyncio.Event()
+        # Set while the loop sleeps with nothing in flight and nothing due: lets tests
+        # (and the drill) wait for the reconciler to act on an event instead of sleeping.
+        self._settled = asyncio.Event()
         self._call_task: asyncio.Task[None] | None = None
         self._forced: Exit | None = None
 
+    @property
+    def settled(self) -> bool:
+        return self._settled.is_set()
+
+    async def wait_settled(self) -> None:
+        await self._settled.wait()
+
     def wake(self) -> None:
-        self.settled.clear()
+        self._settled.clear()
         self._wake.set()
 
     def notify(self) -> None:
@@ -66,7 +80,7 @@ class Reconciler:
                     await self._call_task
 
     async def _loop(self) -> Exit:
-        machine = self.machine
+        machine = self._machine
         while True:
             self._wake.clear()
             if self._forced is not None:
@@ -85,7 +99,7 @@ class Reconciler:
                 continue
             assert isinstance(action, Wait)  # noqa: S101  (narrowing for the type checker)
             if machine.inflight is None:
-                self.settled.set()
+                self._settled.set()
             timeout = None
             if action.until is not None:
                 timeout = max(0.0, action.until - self._clock.monotonic())
@@ -95,27 +109,27 @@ class Reconciler:
     async def _perform(self, call: Call) -> None:
         try:
             if call.op is Op.GET:
-                result = await self.backend.get()
+                result = await self._backend.get()
             else:
-                result = await self.backend.set(call.op is Op.ENABLE, call.expires_minutes)
+                result = await self._backend.set(call.op is Op.ENABLE, call.expires_minutes)
         except BackendError as error:
-            self.machine.on_failure(call, error)
+            self._machine.on_failure(call, error)
         except Exception as error:
             # A bug in a backend must not wedge the sidecar: count it as a transient failure.
             log.exception(
                 "backend %s raised unexpectedly", call.op.value, extra={"event": "backend_crashed"}
             )
-            self.machine.on_failure(
+            self._machine.on_failure(
                 call, BackendError("InternalError", repr(error)[:200], retryable=True)
             )
         else:
-            self.machine.on_success(call, result)
+            self._machine.on_success(call, result)
         self.notify()
         self.wake()
 
     async def wait_protected(self, lease_id: str, wait_seconds: float) -> bool:
         """Wait until protection is confirmed, the lease is gone, or waiting is pointless."""
-        machine = self.machine
+        machine = self._machine
         deadline = self._clock.monotonic() + wait_seconds
         while True:
             # A lease whose TTL passed while waiting is not held, even before a poll has

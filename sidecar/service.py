@@ -1,13 +1,14 @@
 """The one object the edges talk to: HTTP, signals and stop detection each call one verb.
 
 `ProtectionService` owns the state machine, its asyncio shell (the reconciler) and the
-protocol between them: an event changes the machine, the reconciler is woken to act on
-it, and requests waiting for confirmation are told whenever the state moves. Nothing
-outside this module touches the machine's fields or the reconciler's wake/notify; what
-the outside may see of the state is a `View`, built here for /state and /metrics alike.
+backend, all three private. Each verb sends one event into the machine, then wakes the
+reconciler to act on it and, when others may be waiting on the state (a /busy for
+confirmation, EMF for a change), notifies them. What the outside may see of the state
+is a `View`, built here in one place for /state, /metrics and EMF alike.
 
-    POST /busy -> busy() -> Machine.acquire -> Reconciler wakes -> backend call
-              -> Machine.on_success -> waiters notified -> BusyOutcome -> HTTP answer
+    POST /busy -> busy() -> Machine.acquire -> Reconciler.wake -> Machine.poll -> Call
+              -> backend -> Machine.on_success -> Reconciler.notify
+              -> wait_protected() returns -> BusyOutcome -> HTTP answer
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class View:
     last_error: ErrorInfo | None
     calls: dict[tuple[str, str], int]  # (op, outcome) -> n
     retries: int
+    failures: int  # consecutive failed calls, 0 after a success
     leases_expired: int
     refused_draining: int  # new leases refused while draining
     unprotected_busy_seconds: float  # busy without confirmed protection, in all
@@ -97,9 +99,9 @@ class ProtectionService:
         max_leases: int,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.backend = backend
-        self.machine = Machine(policy, clock, LeaseTable(max_leases), rand)
-        self.reconciler = Reconciler(self.machine, backend, clock)
+        self._backend = backend
+        self._machine = Machine(policy, clock, LeaseTable(max_leases), rand)
+        self._reconciler = Reconciler(self._machine, backend, clock)
         self._clock = clock
         self._waiting = 0
 
@@ -107,7 +109,7 @@ class ProtectionService:
 
     async def busy(self, lease: str, ttl: float | None, wait: float) -> BusyOutcome:
         """Take or refresh `lease`; wait up to `wait` seconds for confirmed protection."""
-        machine = self.machine
+        machine = self._machine
         try:
             machine.acquire(lease, ttl)
         except DrainingError:
@@ -116,17 +118,17 @@ class ProtectionService:
             return BusyOutcome("full", lease, len(machine.leases))
         protected = machine.protected()
         if ttl is not None or not protected:
-            self.reconciler.wake()  # a new TTL timer, or protection to ask for
+            self._reconciler.wake()  # a new TTL timer, or protection to ask for
         crowded = self._waiting >= MAX_WAITERS
         if not protected and wait > 0 and not crowded:
             self._waiting += 1
             try:
-                protected = await self.reconciler.wait_protected(lease, wait)
+                protected = await self._reconciler.wait_protected(lease, wait)
             finally:
                 self._waiting -= 1
         if machine.expire_leases():  # a TTL that passed while waiting: gone now
-            self.reconciler.notify()
-            self.reconciler.wake()
+            self._reconciler.notify()
+            self._reconciler.wake()
         kept = lease in machine.leases
         if protected and kept:
             return BusyOutcome(
@@ -141,72 +143,95 @@ class ProtectionService:
             return "the lease was released or its TTL passed before protection was confirmed"
         if crowded:
             return f"{MAX_WAITERS} requests are already waiting for confirmation"
-        error = self.machine.retry.last_error
+        error = self._machine.retry.last_error
         if error is not None:
             return f"{error.code}: {error.message}"
-        if self.machine.belief.capped:
+        if self._machine.belief.capped:
             return "protection stopped at TASK_PROTECTION_MAX_PROTECTED_SECONDS"
         return f"not confirmed within {wait:g}s"
 
     def idle(self, lease: str) -> tuple[bool, int]:
         """Release `lease`: (whether it was held, leases still held)."""
-        machine = self.machine
+        machine = self._machine
         released = machine.release(lease)
         if released:
-            self.reconciler.notify()  # a /busy may be waiting on this very lease
+            self._reconciler.notify()  # a /busy may be waiting on this very lease
             if not machine.leases:
-                self.reconciler.wake()  # start the idle grace timer
+                self._reconciler.wake()  # start the idle grace timer
         return released, len(machine.leases)
 
     def release_all(self) -> int:
         """The operator's override: drop every lease; protection ends after the grace."""
-        count = self.machine.release_all()
+        count = self._machine.release_all()
         if count:
             log.warning(
                 "operator released all %d lease(s)",
                 count,
                 extra={"event": "leases_released", "released": count},
             )
-            self.reconciler.notify()
-            self.reconciler.wake()
+            self._reconciler.notify()
+            self._reconciler.wake()
         return count
 
     def drain(self, *, exit_when_idle: bool, timeout: float | None = None) -> int:
         """Refuse new leases from now on; with exit_when_idle, run() ends once none is held
         (or after `timeout`). Idempotent. Returns the leases held."""
-        self.machine.start_drain(timeout, exit_when_idle=exit_when_idle)
-        self.reconciler.notify()  # draining is part of the state others watch (EMF)
-        self.reconciler.wake()
-        return len(self.machine.leases)
+        self._machine.start_drain(timeout, exit_when_idle=exit_when_idle)
+        self._reconciler.notify()  # draining is part of the state others watch (EMF)
+        self._reconciler.wake()
+        return len(self._machine.leases)
 
     def force_exit(self, code: int, reason: str) -> None:
-        self.reconciler.force_exit(code, reason)
+        self._reconciler.force_exit(code, reason)
+
+    def recheck(self) -> None:
+        """Look at the timers again now. The reconciler sleeps in real seconds computed
+        from the injected clock; when that clock jumps (a fake clock in tests),
+        this is how the sidecar learns that a moment it waits for has come."""
+        self._reconciler.wake()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the sidecar has acted on everything so far: no call in flight, none due."""
+        return self._reconciler.settled
+
+    async def wait_settled(self) -> None:
+        """Until the sidecar has acted on everything that happened so far."""
+        await self._reconciler.wait_settled()
+
+    def holds(self, lease: str) -> bool:
+        """Whether `lease` is held now (taken, not released, its TTL not passed)."""
+        return self._machine.holds(lease)
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
 
     @property
     def draining(self) -> bool:
-        return self.machine.drain.draining
+        return self._machine.drain.draining
 
     @property
     def lease_count(self) -> int:
-        return len(self.machine.leases)
+        return len(self._machine.leases)
 
     async def wait_changed(self, at_most: float) -> None:
         """Return when the state may have changed (a backend answer, leases gone, the
         protection state moved), or after `at_most` seconds."""
-        await self.reconciler.wait_changed(at_most)
+        await self._reconciler.wait_changed(at_most)
 
     async def run(self) -> Exit:
         """Drive protection until drained or forced to exit."""
-        return await self.reconciler.run()
+        return await self._reconciler.run()
 
     async def close(self) -> None:
-        await self.backend.close()
+        await self._backend.close()
 
     # ---- the view ---------------------------------------------------------------
 
     def snapshot(self, lease_limit: int) -> View:
         """The state now; at most `lease_limit` leases listed (the oldest), all counted."""
-        machine = self.machine
+        machine = self._machine
         now, wall = self._clock.monotonic(), self._clock.wall()
 
         def wall_of(moment: float | None) -> float | None:
@@ -233,10 +258,11 @@ class ProtectionService:
             state=machine.state(),
             expires_wall=machine.confirmed_until_wall(),
             seconds_left=0.0 if until is None else max(0.0, until - now),
-            backend=self.backend.name,
+            backend=self._backend.name,
             last_error=machine.retry.last_error,
             calls=dict(machine.counters.calls),
             retries=machine.counters.retries,
+            failures=machine.retry.failures,
             leases_expired=machine.counters.leases_expired,
             refused_draining=machine.counters.refused_draining,
             unprotected_busy_seconds=machine.unprotected_busy_seconds(),

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.backends.agent import AgentBackend
 from sidecar.clock import Clock, SystemClock
-from sidecar.machine import Exit, Machine, Policy
-from sidecar.service import ProtectionService
+from sidecar.machine import Exit, Policy
+from sidecar.service import ProtectionService, View
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from aiohttp.test_utils import TestClient
 
-    from sidecar.reconciler import Reconciler
     from tests.fakes.agent import FakeAgent
 
 
@@ -28,28 +27,24 @@ class Running:
     service: ProtectionService
     task: asyncio.Task[Exit]
 
-    @property
-    def machine(self) -> Machine:
-        return self.service.machine
-
-    @property
-    def reconciler(self) -> Reconciler:
-        return self.service.reconciler
+    def view(self) -> View:
+        """The state as /state and /metrics see it, every lease counted."""
+        return self.service.snapshot(lease_limit=0)
 
     async def settle(self) -> None:
-        """Wait until the reconciler has acted on everything that happened so far."""
+        """Wait until the sidecar has acted on everything that happened so far."""
         await asyncio.sleep(0)
-        await asyncio.wait_for(self.reconciler.settled.wait(), 10)
+        await asyncio.wait_for(self.service.wait_settled(), 10)
 
     async def time_moved(self) -> None:
         """After a test moved the fake clock: let the sidecar act on its timers, settled."""
-        self.reconciler.wake()
+        self.service.recheck()
         await self.settle()
 
     async def holds(self, lease: str, within: float = 10.0) -> None:
-        """Wait until the machine holds `lease` (a request in flight has reached it)."""
+        """Wait until the sidecar holds `lease` (a request in flight has reached it)."""
         async with asyncio.timeout(within):
-            while lease not in self.machine.leases:  # noqa: ASYNC110  (state, not an event)
+            while not self.service.holds(lease):  # noqa: ASYNC110  (state, not an event)
                 await asyncio.sleep(0)
 
     async def post(self, path: str, json: Any = None, **kwargs: Any) -> tuple[int, Any]:

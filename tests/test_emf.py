@@ -144,6 +144,7 @@ def test_counters_are_deltas_and_gauges_are_values():
             last_error=None,
             calls={("enable", "ok"): ok, ("get", "ok"): 1, ("enable", "retryable"): 2},
             retries=2,
+            failures=0,
             leases_expired=0,
             refused_draining=0,
             unprotected_busy_seconds=unprotected,
@@ -202,7 +203,7 @@ async def reporting(stdout: Stdout) -> AsyncIterator[ProtectionService]:
         service, clock, namespace="ns", interval=3600.0, metadata_uri=None, write=stdout.write
     )
     tasks = [asyncio.create_task(service.run())]
-    await asyncio.wait_for(service.reconciler.settled.wait(), 10)  # protection read: off
+    await asyncio.wait_for(service.wait_settled(), 10)  # protection read: off
     tasks.append(asyncio.create_task(reporter.run()))
     try:
         yield service

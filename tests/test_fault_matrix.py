@@ -192,20 +192,28 @@ async def pump(sidecar: Running, clock: FakeClock) -> None:
     """Let the call in flight finish, moving the shared fake clock through the agent's
     latencies and back-off (it only moves while the agent sleeps on it)."""
     async with asyncio.timeout(30):
-        while not (sidecar.reconciler.settled.is_set() and sidecar.machine.inflight is None):
+        while not (sidecar.service.settled and sidecar.view().in_flight is None):
             await asyncio.sleep(0.001)
             wake = clock.next_wake()
-            if wake is not None and sidecar.machine.inflight is not None:
+            if wake is not None and sidecar.view().in_flight is not None:
                 clock.advance(max(0.0, min(0.05, wake - clock.monotonic())))
 
 
 async def next_attempt(sidecar: Running, clock: FakeClock) -> None:
     """Move the fake clock to the scheduled retry and let the reconciler make it."""
-    retry_at = sidecar.machine.retry.at
-    assert retry_at is not None
-    clock.advance(max(0.0, retry_at - clock.monotonic()))
-    sidecar.reconciler.wake()
+    # A millisecond more: the wall time /state shows is rounded at 1.8e9 s, and a retry
+    # missed by a rounding error would not be made.
+    clock.advance(max(0.0, retry_in(sidecar, clock)) + 0.001)
+    sidecar.service.recheck()
     await pump(sidecar, clock)
+
+
+def retry_in(sidecar: Running, clock: FakeClock) -> float:
+    """Seconds until the scheduled retry (the fake clock's wall and monotonic time move
+    together, so the wall time /state shows measures it exactly)."""
+    retry_at = sidecar.view().next_retry_wall
+    assert retry_at is not None
+    return retry_at - clock.wall()
 
 
 async def busy(sidecar: Running, clock: FakeClock, body: dict) -> tuple[int, dict]:
@@ -237,8 +245,8 @@ async def check_failing(
     # After an answer that may hide a landed enable, nothing says "off".
     assert state["protection"]["state"] == ("unknown" if row.uncertain or op == "get" else "off")
 
-    delay = sidecar.machine.retry.at - clock.monotonic()
-    first_failures = sidecar.machine.retry.failures
+    delay = retry_in(sidecar, clock)
+    first_failures = sidecar.view().failures
     if row.retry == "fast":
         assert 0.0 < delay <= 0.5 * 2 ** (first_failures - 1)
     elif row.retry == "ramp":
@@ -250,8 +258,8 @@ async def check_failing(
     assert records[-1].levelno == (logging.ERROR if row.retry == "slow" else logging.WARNING)
 
     await next_attempt(sidecar, clock)  # still failing: the next delay grows (or stays slow)
-    assert sidecar.machine.retry.failures == first_failures + 1
-    later = sidecar.machine.retry.at - clock.monotonic()
+    assert sidecar.view().failures == first_failures + 1
+    later = retry_in(sidecar, clock)
     assert later >= (30.0 if row.retry == "slow" else delay) / 2
     assert (await sidecar.get("/healthz")) == (200, {"status": "ok"})
     assert not sidecar.task.done()  # the reconciler never died
@@ -327,9 +335,8 @@ async def test_disable_failures_are_retried_until_protection_is_off(
         await sidecar.post("/idle", {"lease": "job"})
         agent.fail_always(fa.ecs_error())
         clock.advance(10)
-        sidecar.reconciler.wake()
-        await sidecar.settle()
-        assert sidecar.machine.retry.last_error is not None
+        await sidecar.time_moved()
+        assert sidecar.view().last_error is not None
         assert agent.tasks["task-1"].enabled
         agent.heal()
         await next_attempt(sidecar, clock)

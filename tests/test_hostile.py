@@ -14,11 +14,11 @@ from aiohttp import web
 from sidecar import service as service_module
 from sidecar.backends.agent import AgentBackend, parse_answer
 from sidecar.backends.base import BackendError, Protection, ProtectionRefusedError, switched
+from sidecar.backends.local import LocalBackend
 from sidecar.clock import SystemClock, rfc3339
 from sidecar.config import Config, ConfigError
 from sidecar.machine import Policy
 from sidecar.metadata import StopWatcher
-from sidecar.reconciler import Reconciler
 from sidecar.server import make_runner
 from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
@@ -93,11 +93,13 @@ async def test_a_disable_answered_still_on_is_retried_slowly_not_in_a_loop(aioht
         agent.fail_always(fa.answer(200, body))
         await sidecar.post("/idle", {"lease": "job"})
         await sidecar.settle()
-        await eventually(lambda: sidecar.machine.retry.last_error is not None)
+        await eventually(lambda: sidecar.view().last_error is not None)
         await asyncio.sleep(0.05)  # a loop would make dozens of calls in this time
         puts = [c for c in agent.calls if c.method == "PUT"]
         assert len(puts) == 2  # the enable, one disable; the next try in 30-60 s
-        assert sidecar.machine.retry.last_error.code == "NotDisabled"
+        error = sidecar.view().last_error
+        assert error is not None
+        assert error.code == "NotDisabled"
 
 
 async def test_stop_detection_survives_an_answer_nested_too_deep(caplog):
@@ -186,11 +188,9 @@ def test_a_mangled_ecs_agent_uri_is_refused_at_start(uri):
 
 
 async def test_the_first_forced_exit_stands():
-    reconciler = Reconciler.__new__(Reconciler)
-    reconciler._forced = None
-    reconciler._wake = asyncio.Event()
-    reconciler.settled = asyncio.Event()
-    reconciler.force_exit(143, "second SIGTERM")
-    reconciler.force_exit(130, "third signal, SIGINT")
-    assert reconciler._forced is not None
-    assert (reconciler._forced.code, reconciler._forced.reason) == (143, "second SIGTERM")
+    clock = SystemClock()
+    service = ProtectionService(Policy(), LocalBackend(clock), clock, max_leases=1)
+    service.force_exit(143, "second SIGTERM")
+    service.force_exit(130, "third signal, SIGINT")
+    result = await asyncio.wait_for(service.run(), 10)
+    assert (result.code, result.reason) == (143, "second SIGTERM")

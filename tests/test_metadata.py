@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import aiohttp
 import pytest
 
 from sidecar.backends.local import LocalBackend
-from sidecar.machine import DrainingError, Exit, Policy
+from sidecar.machine import Policy
 from sidecar.metadata import StopWatcher, task_identity
 from sidecar.service import ProtectionService
 from tests.fakes.clock import FakeClock
@@ -43,16 +45,19 @@ async def test_running_task_is_not_draining_then_stopped_drains(metadata, servic
         if len(waits) == 3:
             metadata.stop_task()
 
-    machine = service.machine
-    machine.acquire("job", None)
+    await service.busy("job", None, wait=0)
     await StopWatcher(metadata.url, service, 5.0, sleep=record).run()
     assert waits == [5.0, 5.0, 5.0]
     assert metadata.requests == 4
     assert service.draining
-    with pytest.raises(DrainingError):
-        machine.acquire("new", None)
-    machine.release("job")
-    assert not isinstance(machine.poll(), Exit)  # drained by stop detection: no exit
+    assert (await service.busy("new", None, wait=0)).status == "draining"
+    assert service.idle("job") == (True, 0)
+    running = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.wait_settled(), 10)  # an exit would never settle
+    assert not running.done()  # drained by stop detection: no exit
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
 
 
 async def test_metadata_outage_is_logged_once(metadata, service, caplog):

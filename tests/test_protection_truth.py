@@ -21,8 +21,7 @@ FAST_GRACE = Policy(idle_grace=0.2)
 
 
 def disable_in_flight(sidecar) -> bool:
-    call = sidecar.machine.inflight
-    return call is not None and call.op is Op.DISABLE
+    return sidecar.view().in_flight == Op.DISABLE.value
 
 
 async def sample(agent: FakeAgent, seconds: float) -> list[bool]:
@@ -131,12 +130,12 @@ async def test_a_504_whose_enable_landed_is_switched_off_after_the_job(aiohttp_c
             clock.advance(4.0)
             status, _ = await request
             assert status == 503
-            await eventually(lambda: sidecar.machine.inflight is None)
-            assert sidecar.machine.state() == "unknown"
+            await eventually(lambda: sidecar.view().in_flight is None)
+            assert sidecar.view().state == "unknown"
             assert agent.tasks["task-1"].enabled
             await sidecar.post("/idle", {"lease": "job"})
             clock.advance(60)  # past the back-off and the grace
-            sidecar.reconciler.wake()
+            sidecar.service.recheck()
             await eventually(lambda: not agent.tasks["task-1"].enabled)
     finally:
         await agent.close()
@@ -173,8 +172,7 @@ async def test_a_local_clock_two_hours_ahead_changes_nothing(aiohttp_client):
             assert abs(shown - ecs_expiry) <= 1.0  # ECS's own expiry, not a local guess
             for _ in range(60):  # an hour, a minute at a time
                 clock.advance(60)
-                sidecar.reconciler.wake()
-                await sidecar.settle()
+                await sidecar.time_moved()
                 assert agent.tasks["task-1"].enabled
             enables = [p for p in agent.puts() if p["ProtectionEnabled"]]
             assert len(enables) == 2

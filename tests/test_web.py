@@ -98,14 +98,12 @@ async def test_idle_grace_then_disable(fake_time):
     await sidecar.post("/busy", {"lease": "a"})
     await sidecar.post("/idle", {"lease": "a"})
     clock.advance(9)
-    sidecar.reconciler.wake()
-    await sidecar.settle()
+    await sidecar.time_moved()
     await sidecar.post("/busy", {"lease": "b"})
     await sidecar.post("/idle", {"lease": "b"})
     assert agent.puts() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 60}]
     clock.advance(10)
-    sidecar.reconciler.wake()
-    await sidecar.settle()
+    await sidecar.time_moved()
     assert agent.puts()[-1] == {"ProtectionEnabled": False}
     _, state = await sidecar.get("/state")
     assert state["protection"]["enabled"] is False
@@ -117,8 +115,7 @@ async def test_ttl_expiry_through_the_api(fake_time):
     _, state = await sidecar.get("/state")
     assert state["leases"][0]["ttl_seconds"] == 5
     clock.advance(5.5)
-    sidecar.reconciler.wake()
-    await sidecar.settle()
+    await sidecar.time_moved()
     _, state = await sidecar.get("/state")
     assert state["busy"] is False
 
@@ -172,13 +169,12 @@ async def test_wait_seconds_bounds_the_wait(aiohttp_client, agent):
 
 async def test_draining_refuses_new_leases_but_refreshes_existing(sidecar, agent):
     await sidecar.post("/busy", {"lease": "old"})
-    sidecar.machine.start_drain(120)
+    assert (await sidecar.post("/drain"))[0] == 200
     status, body = await sidecar.post("/busy", {"lease": "new"})
     assert (status, body["error"]["code"], body["leases"]) == (503, "Draining", 1)
     assert (await sidecar.post("/busy", {"lease": "old"}))[0] == 200
     _, state = await sidecar.get("/state")
     assert state["draining"] is True
-    assert RFC3339.match(state["drain_deadline"])
     assert [lease["lease"] for lease in state["leases"]] == ["old"]
     assert (await sidecar.get("/healthz")) == (200, {"status": "ok"})
 
@@ -228,7 +224,7 @@ async def test_token_guards_posts_only(aiohttp_client, agent):
         assert status == 401
         status, _ = await sidecar.post("/drain")
         assert status == 401
-        assert sidecar.machine.drain.draining is False
+        assert (await sidecar.get("/state"))[1]["draining"] is False
         status, _ = await sidecar.post("/busy", headers={"Authorization": f"Bearer {token}"})
         assert status == 200
         assert (await sidecar.get("/state"))[0] == 200
@@ -336,7 +332,7 @@ async def test_a_waiting_busy_answers_when_its_ttl_expires(fake_time):
     )
     await sidecar.holds("j")
     clock.advance(6)
-    sidecar.reconciler.wake()
+    sidecar.service.recheck()
     status, _ = await asyncio.wait_for(waiting, 5)
     assert status == 503
 
@@ -347,7 +343,7 @@ async def test_a_huge_integer_is_a_400_naming_the_field_not_a_500(sidecar):
     doc = await response.json()
     assert response.status == 400
     assert (doc["error"]["code"], doc["error"]["field"]) == ("InvalidRequest", "ttl_seconds")
-    assert "x" not in sidecar.machine.leases
+    assert (await sidecar.get("/state"))[1]["lease_count"] == 0
 
 
 async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400(sidecar):
@@ -357,7 +353,7 @@ async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400(sidecar):
     doc = await response.json()
     assert (response.status, doc["error"]["code"]) == (400, "InvalidRequest")
     assert "content-encoding" in doc["error"]["message"].lower()
-    assert not sidecar.machine.leases
+    assert sidecar.view().lease_count == 0  # (the server closed that connection)
 
 
 async def test_non_ascii_authorization_is_a_401_not_a_500(aiohttp_client, agent):
@@ -372,7 +368,7 @@ async def test_non_ascii_authorization_is_a_401_not_a_500(aiohttp_client, agent)
 async def test_state_lists_at_most_a_hundred_leases_and_counts_them_all(aiohttp_client, agent):
     async with running_sidecar(aiohttp_client, agent, max_leases=5000) as sidecar:
         for i in range(1500):
-            sidecar.machine.acquire(f"job-{i}", None)
+            await sidecar.service.busy(f"job-{i}", None, wait=0)
         _, state = await sidecar.get("/state")
         assert (len(state["leases"]), state["lease_count"], state["busy"]) == (100, 1500, True)
         assert state["leases"][0]["lease"] == "job-0"  # the oldest first
