@@ -2,7 +2,8 @@
 
 Rules: jobs take and drop leases (with and without TTL), time passes in steps from a
 millisecond to two hours, the backend fails (throttling, refusal, timeouts) and
-recovers, an answer is lost after its call took effect, the wall clock jumps, SIGTERM
+recovers, the agent's clock runs hours ahead (every grant already expired by it) and is
+set right, an answer is lost after its call took effect, the wall clock jumps, SIGTERM
 arrives. Invariants, checked after every rule and at every timer the machine wakes for:
 
 - what the machine claims (protected), ECS has;
@@ -149,7 +150,16 @@ class ProtectionModel(RuleBasedStateMachine):
     @rule()
     def backend_recovers(self) -> None:
         self.h.failing = None
+        self.h.date_skew = 0.0
         self.healthy_since = self.h.now
+
+    @precondition(lambda self: self.exit is None and self.healthy_since is not None)
+    @rule(ahead=st.sampled_from([3600.0, 7200.0]))
+    def agent_clock_runs_ahead(self, ahead: float) -> None:
+        """The agent's Date header hours ahead of ECS: by it every grant has expired."""
+        self.h.date_skew = -ahead
+        self.healthy_since = None
+        self.unhealthy_periods += 1
 
     @precondition(lambda self: self.exit is None and self.healthy_since is not None)
     @rule()
@@ -197,6 +207,7 @@ class ProtectionModel(RuleBasedStateMachine):
             sum(1 for m in h.made if m.op is Op.ENABLE)
             - h.machine.counters.calls.get(("enable", "retryable"), 0)
             - h.machine.counters.calls.get(("enable", "refused"), 0)
+            - h.machine.counters.calls.get(("enable", "error"), 0)
         )
         renewals = h.now / 2000.0  # one per (period - margin), with room for clock skew
         assert ok_enables <= 2 * self.busy_periods + renewals + 2
