@@ -197,6 +197,17 @@ class ProtectionService:
     async def close(self) -> None:
         await self.backend.close()
 
+    # ---- the exit (after run() has ended) ------------------------------------------
+
+    def protection_left_on(self) -> bool:
+        """Whether the sidecar would leave ECS protecting the task with no lease held."""
+        return not self.machine.leases and self.machine.may_be_protected()
+
+    async def switch_off(self) -> None:
+        """One disable call, outside the reconciler (which has stopped): raises
+        BackendError when it fails."""
+        await self.backend.set(enabled=False, expires_minutes=0)
+
     # ---- the view ---------------------------------------------------------------
 
     def snapshot(self, lease_limit: int) -> View:
