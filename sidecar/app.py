@@ -9,8 +9,6 @@ import math
 import resource
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from sidecar.backends import create_backend
 from sidecar.clock import Clock, SystemClock
 from sidecar.drain import SignalDrain, SignalInbox
@@ -18,12 +16,14 @@ from sidecar.emf import EmfReporter
 from sidecar.exit_protection import switch_off_before_exit
 from sidecar.machine import EXIT_DRAINED, Exit, Policy
 from sidecar.metadata import StopWatcher
-from sidecar.server import make_runner
+from sidecar.server import Runner, listen, make_runner
 from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+
+    from aiohttp import web
 
     from sidecar.config import Config
 
@@ -97,10 +97,9 @@ async def _serve(config: Config, clock: Clock, signals: SignalInbox) -> int:
     return result.code
 
 
-async def _listen(runner: web.AppRunner, config: Config, service: ProtectionService) -> bool:
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+async def _listen(runner: Runner, config: Config, service: ProtectionService) -> bool:
     try:
-        await site.start()
+        await listen(runner, config.host, config.port)
     except OSError as exc:
         log.error(  # noqa: TRY400  (the message is the whole story)
             "cannot listen on %s:%d: %s",
