@@ -1,4 +1,6 @@
-"""SIGTERM and SIGINT on the real process: drain, exit codes, second signal, config errors."""
+"""Signals on the real process: SIGTERM and SIGINT drain (exit codes, second signal),
+every other signal that would kill it is logged and ignored, and a signal during
+start-up is acted on like a late one; config errors."""
 
 from __future__ import annotations
 
