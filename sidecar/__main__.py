@@ -1,8 +1,8 @@
 """Entry point: `ecs-protection-sidecar` or `python -m sidecar`.
 
-Exit codes: 0 drained cleanly, 1 could not serve (e.g. port in use), 2 invalid
-configuration, 3 drain timeout with leases still held, 128+N forced by a second
-signal N (143 for SIGTERM, 130 for SIGINT).
+Exit codes: 0 drained cleanly, 1 could not serve (e.g. port in use, or a background
+task such as stop detection failed), 2 invalid configuration, 3 drain timeout with
+leases still held, 128+N forced by a second signal N (143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
