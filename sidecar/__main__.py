@@ -1,21 +1,18 @@
 """Entry point: `ecs-protection-sidecar` or `python -m sidecar`.
 
-Exit codes: 0 drained cleanly, 1 could not serve (e.g. port in use), 2 invalid
-configuration, 3 drain timeout with leases still held, 128+N forced by a second
-signal N (143 for SIGTERM, 130 for SIGINT).
+Exit codes: 0 drained cleanly, 1 could not serve (e.g. port in use, or a background
+task such as stop detection failed), 2 invalid configuration, 3 drain timeout with
+leases still held, 128+N forced by a second signal N (143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
-from sidecar import logs
-from sidecar.app import serve
-from sidecar.config import Config, ConfigError
+# Nothing slow before this import: the signal handlers go in before anything else.
+from sidecar.drain import SignalInbox
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,6 +21,17 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First thing: from here on a SIGTERM drains (once the loop runs) and any other
+    # signal is logged and ignored, even one that comes while aiohttp is still importing.
+    signals = SignalInbox()
+    signals.install()
+    # The slow imports (aiohttp, the backends) come after the handlers, on purpose.
+    import asyncio  # noqa: PLC0415
+
+    from sidecar import logs  # noqa: PLC0415
+    from sidecar.app import serve  # noqa: PLC0415
+    from sidecar.config import Config, ConfigError  # noqa: PLC0415
+
     try:
         config = Config.from_environ(os.environ, sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
@@ -31,12 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     logs.setup(config.log_format, config.log_level)
     try:
-        return asyncio.run(serve(config))
+        # The handlers stay installed after serve(): a signal in the last moments before
+        # the process ends is kept, not allowed to turn a clean exit into a kill.
+        return asyncio.run(serve(config, signals=signals))
     except ConfigError as exc:
         sys.stderr.write(f"ecs-protection-sidecar: invalid configuration: {exc}\n")
         return EXIT_CONFIG
-    except KeyboardInterrupt:  # SIGINT before the signal handlers were in place
-        return 128 + signal.SIGINT
 
 
 def run() -> None:

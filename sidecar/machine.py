@@ -715,6 +715,19 @@ class Machine:
         retry_at = self.retry.at
         return self.inflight is None and retry_at is not None and retry_at >= deadline
 
+    def may_be_protected(self) -> bool:
+        """Whether ECS may have protection on now, as far as anyone knows: confirmed on,
+        never read, or a change whose answer was lost (or is still out) may have set it."""
+        belief = self.belief
+        changing = self.inflight is not None and self.inflight.op is not Op.GET
+        return (
+            belief.on
+            or belief.uncertain
+            or belief.late_off_possible
+            or not belief.known
+            or changing
+        )
+
 
 def _earliest(times: list[float | None]) -> float | None:
     real = [t for t in times if t is not None]

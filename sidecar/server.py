@@ -1,4 +1,5 @@
-"""The HTTP server around the app: aiohttp's own errors in the API's shape, bounded waits.
+"""The HTTP server around the app: aiohttp's own errors in the API's shape, bounded waits,
+bounded connections (connections.py).
 
 aiohttp answers requests it cannot parse (a malformed header, a bad Content-Length, a
 body that is not the gzip it claims) itself, in text/plain, and logs a traceback for
@@ -8,27 +9,80 @@ tracebacks on hostile input, and every answer keeps the JSON error body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import resource
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from sidecar.connections import Bounds, Connection, ConnectionGuard, bounds_for
 from sidecar.errors import error_response
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiohttp.web_request import BaseRequest
+    from aiohttp.web_response import StreamResponse
+    from aiohttp.web_server import Server
 
 log = logging.getLogger("sidecar.server")
 
-# How long a connection may go without sending a complete request (its headers): aiohttp
-# arms this from the moment the connection opens and after every answer, so a client
-# that trickles headers in, or holds an idle socket, is cut off after it.
-HEADER_TIMEOUT_SECONDS = 75.0
+# How long a new connection may take to send its first request's headers: an honest
+# client sends them at once; one that trickles them in, or says nothing, holds a file
+# descriptor for nothing and is cut off.
+HEADER_TIMEOUT_SECONDS = 10.0
+# How long a connection may stay open between requests (and take over the next request's
+# headers): longer, so that clients reusing pooled connections rarely race a close.
+# Idle kept-alive connections are the first shed when the bounds are reached.
+KEEPALIVE_SECONDS = 75.0
+# Connections the kernel queues for accept() (capped by net.core.somaxconn).
+LISTEN_QUEUE = 1024
 
 
 class _JsonErrorHandler(RequestHandler):
-    """aiohttp's protocol handler, answering its own errors as the API does."""
+    """aiohttp's protocol handler, answering its own errors as the API does, each
+    connection counted by the guard and given a deadline for its first headers."""
+
+    guard: ConnectionGuard
+    header_timeout: float
+    connection: Connection | None = None
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
+        self.connection = Connection(peer, self.force_close)
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.header_timeout, self._headers_overdue
+        )
+        self.guard.admit(self.connection)  # may close this very connection
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.connection is not None:
+            self.guard.forget(self.connection)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _headers_overdue(self) -> None:
+        if self.connection is not None and not self.connection.requests:
+            self.force_close()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> tuple[StreamResponse, bool]:
+        # The request counts as handled until its answer is written: shedding it before
+        # would cut the answer off.
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            if self.connection is not None:
+                self.connection.active = False
 
     def handle_error(
         self,
@@ -63,19 +117,74 @@ class _JsonErrorHandler(RequestHandler):
         log.warning("%s", text, extra={"event": "connection_error"})
 
 
+@web.middleware
+async def _request_begins(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
+) -> StreamResponse:
+    connection = getattr(request.protocol, "connection", None)
+    if isinstance(connection, Connection):
+        connection.active = True  # until finish_response() has written the answer
+        connection.requests += 1
+    return await handler(request)
+
+
 class _JsonErrorServer(web.Server):
+    guard: ConnectionGuard
+    header_timeout: float
+
     def __call__(self) -> RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler = _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler.guard, handler.header_timeout = self.guard, self.header_timeout
+        return handler
 
 
 class Runner(web.AppRunner):
     """An AppRunner whose connections use _JsonErrorHandler."""
 
-    async def _make_server(self) -> web.Server:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        guard: ConnectionGuard,
+        header_timeout: float,
+        backlog: int,
+        **kwargs: Any,  # noqa: ANN401  (AppRunner's own keywords)
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.guard, self.header_timeout, self.backlog = guard, header_timeout, backlog
+
+    async def _make_server(self) -> Server:
         server = await super()._make_server()
         # Same state, one overridden method: the handler class its connections use.
         server.__class__ = _JsonErrorServer
+        assert isinstance(server, _JsonErrorServer)  # noqa: S101  (narrowing for the type checker)
+        server.guard, server.header_timeout = self.guard, self.header_timeout
         return server
+
+
+async def listen(runner: Runner, host: str, port: int) -> None:
+    """Serve `runner` on host:port; OSError when that cannot be done (port in use).
+
+    The kernel's queue of connections waiting for accept() is long: a burst of a
+    neighbour's connection attempts waits there instead of overflowing it, which would
+    drop or reset the app's attempts with them. The event loop accepts `runner.backlog`
+    of them per turn, so what is open at once stays within the descriptors planned for.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_QUEUE)
+    try:
+        await web.SockSite(runner, sock, backlog=runner.backlog).start()
+    except BaseException:
+        sock.close()
+        raise
+    # asyncio set the kernel's queue to its accept batch on start: make it long again.
+    sock.listen(LISTEN_QUEUE)
+
+
+def connection_bounds() -> Bounds:
+    """Bounds for this process's limit on open files (raise it first)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return bounds_for(soft if soft != resource.RLIM_INFINITY else 1 << 20)
 
 
 def make_runner(
@@ -83,12 +192,23 @@ def make_runner(
     *,
     shutdown_timeout: float = 1.0,
     header_timeout: float = HEADER_TIMEOUT_SECONDS,
-) -> web.AppRunner:
+    keepalive_timeout: float = KEEPALIVE_SECONDS,
+    bounds: Bounds | None = None,
+) -> Runner:
+    """The runner for `app`; `bounds` default to connection_bounds(). Its sites must
+    listen with `bounds.backlog` (Runner.backlog)."""
+    bounds = bounds or connection_bounds()
+    guard = ConnectionGuard(bounds.total, bounds.per_peer, time.monotonic)
+    # First, so that a request counts as being handled from its very start.
+    app.middlewares.insert(0, _request_begins)
     return Runner(
         app,
+        guard=guard,
+        backlog=bounds.backlog,
+        header_timeout=header_timeout,
         access_log=None,
         shutdown_timeout=shutdown_timeout,
-        keepalive_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
         # A client that hangs up stops its handler: an abandoned /busy does not go on
         # waiting (and holding memory) for its whole wait_seconds.
         handler_cancellation=True,

@@ -227,6 +227,17 @@ class ProtectionService:
     async def close(self) -> None:
         await self._backend.close()
 
+    # ---- the exit (after run() has ended) ------------------------------------------
+
+    def protection_left_on(self) -> bool:
+        """Whether the sidecar would leave ECS protecting the task with no lease held."""
+        return not self._machine.leases and self._machine.may_be_protected()
+
+    async def switch_off(self) -> None:
+        """One disable call, outside the reconciler (which has stopped): raises
+        BackendError when it fails."""
+        await self._backend.set(enabled=False, expires_minutes=0)
+
     # ---- the view ---------------------------------------------------------------
 
     def snapshot(self, lease_limit: int) -> View:

@@ -15,9 +15,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 START_TIMEOUT = 30.0
 ROOT = Path(__file__).parent.parent
@@ -37,6 +40,7 @@ class SidecarProcess:
         args: tuple[str, ...] = (),
         *,
         stdout: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
         full_env.pop("ECS_AGENT_URI", None)
@@ -49,6 +53,8 @@ class SidecarProcess:
             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Tests pass a setrlimit: a system call that takes no lock another thread holds.
+            preexec_fn=preexec_fn,  # noqa: PLW1509
         )
         self.stdout: queue.Queue[str | None] = queue.Queue()  # lines, with stdout=True
         if stdout:

@@ -7,17 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
 
 from sidecar.backends.local import LocalBackend
 from sidecar.clock import SystemClock
+from sidecar.connections import Bounds
 from sidecar.machine import Policy
-from sidecar.server import make_runner
+from sidecar.server import listen, make_runner
 from sidecar.service import ProtectionService
 from sidecar.web import Api, build_app
 from tests.fakes.clock import FakeClock
+
+if TYPE_CHECKING:
+    from sidecar.backends.base import Protection
 
 
 @pytest.fixture
@@ -71,3 +76,55 @@ async def test_a_client_that_never_finishes_its_headers_is_cut_off(served):
     closed = await asyncio.wait_for(reader.read(), 10)  # EOF within the header timeout
     assert closed == b""
     writer.close()
+
+
+class HeldBackend(LocalBackend):
+    """Protection that answers only once `release` is set: a /busy waits meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeClock())
+        self.release = asyncio.Event()
+
+    async def get(self) -> Protection:
+        await self.release.wait()
+        return await super().get()
+
+    async def set(self, enabled: bool, expires_minutes: int) -> Protection:
+        await self.release.wait()
+        return await super().set(enabled, expires_minutes)
+
+
+async def lease_taken(service: ProtectionService) -> None:
+    while not service.lease_count:  # noqa: ASYNC110  (no event marks a lease taken)
+        await asyncio.sleep(0.01)
+
+
+async def test_past_the_bound_for_one_address_its_oldest_idle_connection_goes_never_a_request():
+    backend = HeldBackend()
+    service = ProtectionService(Policy(), backend, SystemClock(), max_leases=10)
+    runner = make_runner(
+        build_app(Api(service, None)), bounds=Bounds(total=10, per_peer=2, backlog=4)
+    )
+    await runner.setup()
+    await listen(runner, "127.0.0.1", 0)
+    port = runner.addresses[0][1]
+    run = asyncio.create_task(service.run())
+    try:
+        waiting_r, waiting_w = await asyncio.open_connection("127.0.0.1", port)
+        body = b'{"lease": "job", "wait_seconds": 30}'
+        waiting_w.write(
+            b"POST /busy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await asyncio.wait_for(lease_taken(service), 10)  # the /busy is being handled
+        silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)
+        _, third_w = await asyncio.open_connection("127.0.0.1", port)  # the third: one too many
+        assert await asyncio.wait_for(silent_r.read(), 10) == b""  # the idle one was closed
+        backend.release.set()
+        answer = await asyncio.wait_for(waiting_r.readuntil(b"\r\n\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 200")  # the waiting request was never cut
+        for writer in (waiting_w, silent_w, third_w):
+            writer.close()
+    finally:
+        run.cancel()
+        await runner.cleanup()

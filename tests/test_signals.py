@@ -1,4 +1,6 @@
-"""SIGTERM and SIGINT on the real process: drain, exit codes, second signal, config errors."""
+"""Signals on the real process: SIGTERM and SIGINT drain (exit codes, second signal),
+every other signal that would kill it is logged and ignored, and a signal during
+start-up is acted on like a late one; config errors."""
 
 from __future__ import annotations
 
@@ -167,3 +169,80 @@ def test_refuses_a_non_loopback_address_without_a_token():
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr
     assert "TASK_PROTECTION_TOKEN" in result.stderr
+
+
+def signal_name(signum: int) -> str:
+    if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return signal.Signals(signum).name
+
+
+# Every signal whose default action ends the process, but for the two that drain and the
+# ones the kernel raises for a fault of the process itself (SEGV, BUS, FPE, ILL, TRAP, SYS,
+# ABRT): these would otherwise kill the sidecar with a lease held.
+STRAY_SIGNALS = [
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+    signal.SIGSTKFLT,
+    signal.SIGRTMIN,
+    signal.SIGRTMIN + 3,
+    signal.SIGRTMAX,
+]
+
+
+def test_stray_signals_are_logged_and_ignored_while_a_lease_is_held(spawn):
+    sidecar = spawn()
+    assert sidecar.post("/busy", {"lease": "job"}).status_code == 200
+    for signum in STRAY_SIGNALS:
+        sidecar.signal(signum)
+        line = sidecar.wait_for_log(f"{signal_name(signum)} ignored")
+        assert (line["event"], line["signal"]) == ("signal_ignored", signal_name(signum))
+    sidecar.signal(signal.SIGPIPE)  # ignored silently: the sidecar's own writes raise it
+    state = sidecar.state()
+    assert (state["busy"], state["draining"]) == (True, False)
+    assert sidecar.proc.poll() is None
+    sidecar.post("/idle", {"lease": "job"})
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+
+
+def early_sidecar() -> SidecarProcess:
+    """A sidecar that reports its imports on stderr: a line naming aiohttp means it is
+    still starting, long before its event loop runs or it listens."""
+    process = SidecarProcess({"PYTHONPROFILEIMPORTTIME": "1"})
+    process.wait_for_log("aiohttp")
+    return process
+
+
+def test_a_sigterm_during_start_up_drains_like_a_late_one():
+    sidecar = early_sidecar()
+    try:
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait() == 0
+        assert sidecar.wait_for_log("SIGTERM: draining")["event"] == "drain_started"
+        assert sidecar.wait_for_log("exiting with code 0")["exit_code"] == 0
+    finally:
+        sidecar.stop()
+
+
+def test_a_stray_signal_during_start_up_is_ignored():
+    sidecar = early_sidecar()
+    try:
+        sidecar.signal(signal.SIGHUP)
+        sidecar.start()  # it goes on to listen
+        sidecar.wait_for_log("SIGHUP ignored")
+        assert sidecar.post("/busy", {"lease": "job"}).status_code == 200
+        sidecar.post("/idle", {"lease": "job"})
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait() == 0
+    finally:
+        sidecar.stop()

@@ -322,6 +322,7 @@ class FakeAgent:
         # the agent calls the ECS API as the real one does.
         self.ecs: Ecs = InMemoryEcs(self.clock.wall)
         self._late: set[asyncio.Future[EcsAnswer]] = set()  # calls past the deadline
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.app = web.Application()
@@ -379,6 +380,7 @@ class FakeAgent:
         return self.base_url
 
     async def close(self) -> None:
+        self._closing.set()
         for late in list(self._late):
             late.cancel()
         if self._runner is not None:
@@ -557,7 +559,9 @@ class FakeAgent:
             await self.clock.sleep(fault.seconds)
             return None
         if kind == "hang":
-            await asyncio.Event().wait()
+            # Until close(): a hung call outlives its client, but not the fake agent.
+            await self._closing.wait()
+            return web.Response(status=503, text="the agent is stopping")
         if kind == "reset":
             assert request.transport is not None
             request.transport.abort()
