@@ -32,7 +32,7 @@ from ecs_protection._errors import (
     TaskDrainingError,
     TooManyLeasesError,
 )
-from ecs_protection._protocol import Settings
+from ecs_protection._protocol import DEFAULT_TTL_SECONDS, Settings, check_ttl, check_wait
 from ecs_protection._sync import Client
 from ecs_protection._wrapper import Wrapper
 
@@ -81,6 +81,27 @@ def seconds(*, positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def _ttl(text: str) -> float:
+    """An argparse type: 0 (no TTL), or a TTL the sidecar can keep."""
+    value = seconds()(text)
+    if value:
+        try:
+            check_ttl(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _wait(text: str) -> float:
+    """An argparse type: a wait for confirmation the sidecar accepts."""
+    value = seconds()(text)
+    try:
+        check_wait(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("ecs-protection")
@@ -101,16 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     busy = commands.add_parser("busy", help="hold a lease while CMD runs; exit with its code")
     busy.add_argument(
         "--ttl",
-        type=seconds(),
-        default=60.0,
-        help="lease TTL in seconds, refreshed every ttl/3 (0: none; default 60)",
+        type=_ttl,
+        default=DEFAULT_TTL_SECONDS,
+        help="lease TTL in seconds, 1 to 604800, refreshed every ttl/3 (0: none; default 60)",
     )
     busy.add_argument("--lease-prefix", default="cli")
     busy.add_argument(
         "--wait-seconds",
-        type=seconds(),
+        type=_wait,
         default=None,
-        help="how long to wait for confirmed protection (sidecar default 10)",
+        help="how long to wait for confirmed protection, 0 to 300 (sidecar default 10)",
     )
     busy.add_argument(
         "--require-protection",

@@ -36,8 +36,19 @@ log = logging.getLogger("ecs_protection")
 DEFAULT_URL = "http://127.0.0.1:31680"
 # The sidecar's own default wait for confirmation (POST /busy `wait_seconds`).
 DEFAULT_WAIT_SECONDS = 10.0
-# Long enough for the sidecar's own wait for confirmation (wait_seconds) plus a margin.
+# The sidecar's own limit on `wait_seconds`: it answers 400 beyond.
+MAX_WAIT_SECONDS = 300.0
+# Each call as a whole (connecting, sending, every byte of the answer) ends within the
+# sidecar's wait for confirmation (wait_seconds) plus this margin.
 REQUEST_MARGIN_SECONDS = 5.0
+# A lease without a TTL outlives a killed worker for as long as its container runs
+# (protection with nobody busy); 60 s with a heartbeat every 20 s bounds that to a minute.
+DEFAULT_TTL_SECONDS = 60.0
+# The sidecar's own limit on `ttl_seconds` (7 days): it answers 400 beyond.
+MAX_TTL_SECONDS = 7 * 86400.0
+# Below this a lease may expire before the sidecar's answer or the first heartbeat
+# (every ttl/3) reaches it: the job would be told "protected" for a lease already gone.
+MIN_TTL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,27 @@ def check_seconds(name: str, value: float | None, *, positive: bool = False) -> 
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "zero or positive"
         raise ValueError(f"{name} must be a finite, {kind} number of seconds, not {value!r}")
+
+
+def check_ttl(ttl: float | None) -> None:
+    """Refuse a TTL the sidecar cannot keep: see MIN_TTL_SECONDS and MAX_TTL_SECONDS."""
+    check_seconds("ttl", ttl, positive=True)
+    if ttl is not None and not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        raise ValueError(
+            f"ttl must be from {MIN_TTL_SECONDS:g} s (a shorter lease may expire before it is "
+            f"answered or refreshed) to {MAX_TTL_SECONDS:g} s (7 days, the sidecar's maximum), "
+            f"not {ttl!r}"
+        )
+
+
+def check_wait(wait_seconds: float | None) -> None:
+    """Refuse a wait the sidecar would refuse (more than MAX_WAIT_SECONDS)."""
+    check_seconds("wait_seconds", wait_seconds)
+    if wait_seconds is not None and wait_seconds > MAX_WAIT_SECONDS:
+        raise ValueError(
+            f"wait_seconds must be at most {MAX_WAIT_SECONDS:g} s (the sidecar's maximum), "
+            f"not {wait_seconds!r}"
+        )
 
 
 def new_lease_id(prefix: str = "job") -> str:

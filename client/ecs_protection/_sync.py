@@ -100,7 +100,7 @@ class Client(p.BaseClient):
     def hold(
         self,
         *,
-        ttl: float | None = None,
+        ttl: float | None = p.DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,
