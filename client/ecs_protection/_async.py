@@ -65,7 +65,10 @@ class AsyncClient(p.BaseClient):
             _parents_sessions.append(self._session)
         self._session = None
 
-    async def _send(self, request: p.Request) -> tuple[int, bytes] | None:
+    async def _send(
+        self, request: p.Request, unreachable: p.OnUnreachable = "settings"
+    ) -> tuple[int, bytes] | None:
+        """(status, body), or None when the sidecar did not answer (see p.Unreachable)."""
         aiohttp = _aiohttp()
         if self._session is None:
             # trust_env=False (aiohttp's default, stated): no HTTP_PROXY for localhost.
@@ -83,7 +86,7 @@ class AsyncClient(p.BaseClient):
                 status = response.status
         # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            self._unreachable.handle(exc)
+            self._unreachable.handle(exc, unreachable)
             return None
         self._unreachable.reset()
         return status, payload
@@ -96,12 +99,21 @@ class AsyncClient(p.BaseClient):
         *,
         require_protection: bool = False,
     ) -> p.Lease:
-        answer = await self._send(self._busy_request(lease, ttl, wait_seconds))
+        answer = await self._send(
+            self._busy_request(lease, ttl, wait_seconds),
+            p.unreachable_policy(require_protection=require_protection),
+        )
         return p.lease_answer(lease, answer, require_protection=require_protection)
 
     async def release(self, lease: str) -> bool:
         answer = await self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
+
+    async def _discard(self, lease: str) -> None:
+        """POST /idle after a busy request that failed: silent when unreachable too."""
+        answer = await self._send(p.idle_request(lease), "quiet")
+        if answer is not None:
+            p.parse_idle(*answer)
 
     async def hold(
         self,

@@ -3,8 +3,8 @@
 Exit codes (also in the README):
   CMD's own code, or 128+N when signal N ended it
   2    usage: a bad flag or environment value (one line on stderr)
-  69   the sidecar is unreachable (state; busy when strict), protection is required and
-       unavailable, or its lease table is full (429)
+  69   the sidecar is unreachable (state; busy when strict or --require-protection),
+       protection is required and unconfirmed, or its lease table is full (429)
   75   the task is draining: CMD was not started
   76   the sidecar answered an error, or something that is not its API (500, ...)
   77   the sidecar refused the token (401, or 403)
@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     busy.add_argument(
         "--require-protection",
         action="store_true",
-        help="do not run CMD unless protection is confirmed (exit 69)",
+        help="do not run CMD unless protection is confirmed, whatever the reason: exit 69 "
+        "when the sidecar is unreachable or does not confirm in time (75 draining, 76 a bad "
+        "answer, 77 a refused token)",
     )
     busy.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 

@@ -2,7 +2,8 @@
 
 ProtectionError
  +-- ConfigurationError        a bad TASK_PROTECTION_* value or argument (also a ValueError)
- +-- SidecarUnavailableError   the sidecar did not answer (raised in strict mode only)
+ +-- SidecarUnavailableError   the sidecar did not answer in time (raised in strict mode,
+ |                            or when protection is required)
  +-- SidecarError              the sidecar answered with an error (status, code, message)
       +-- TaskDrainingError     503 Draining: the task is stopping, do not start the job
       +-- ProtectionUnavailableError
@@ -26,7 +27,12 @@ class ConfigurationError(ProtectionError, ValueError):
 
 
 class SidecarUnavailableError(ProtectionError):
-    """The sidecar could not be reached (only raised in strict mode)."""
+    """No answer from the sidecar: nothing listens, the connection closed before a byte
+    of the answer, or it did not answer in time.
+
+    Raised in strict mode, and whenever protection is required; otherwise the client
+    warns once and the job runs unprotected.
+    """
 
 
 class SidecarError(ProtectionError):

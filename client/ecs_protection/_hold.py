@@ -91,7 +91,7 @@ class Hold:
         except BaseException as exc:
             try:
                 if may_hold_lease(exc):
-                    _release_quietly(client, self._id)
+                    _discard_quietly(client, self._id)
             finally:
                 jobs.exit()
             raise
@@ -181,7 +181,7 @@ class AsyncHold:
             # cancellation, and the finally still counts the job as ended.
             try:
                 await _shielded(
-                    _end(client, lease_id, release=may_hold_lease(exc), close=owns_client)
+                    _end(client, lease_id, discard=may_hold_lease(exc), close=owns_client)
                 )
             finally:
                 jobs.exit()
@@ -241,10 +241,24 @@ def _release_quietly(client: Client, lease: str) -> None:
         log.warning("could not release lease %s: %s", lease, exc)
 
 
-async def _end(client: AsyncClient, lease: str, *, release: bool, close: bool) -> None:
+def _discard_quietly(client: Client, lease: str) -> None:
+    # After a busy request that failed, which is what the caller hears about: a sidecar
+    # that does not answer the release either is no news ("carrying on" would be wrong).
+    try:
+        client._discard(lease)  # noqa: SLF001  (the clients' own cleanup call)
+    except Exception as exc:  # noqa: BLE001  (never raise from a release)
+        log.warning("could not release lease %s: %s", lease, exc)
+
+
+async def _end(
+    client: AsyncClient, lease: str, *, release: bool = False, discard: bool = False, close: bool
+) -> None:
+    """Release (after the job) or discard (after a failed take) `lease`; close `client`."""
     try:
         if release:
             await client.release(lease)
+        elif discard:
+            await client._discard(lease)  # noqa: SLF001  (the clients' own cleanup call)
     except Exception as exc:  # noqa: BLE001  (never raise from a release)
         log.warning("could not release lease %s: %s", lease, exc)
     finally:

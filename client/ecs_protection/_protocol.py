@@ -15,7 +15,7 @@ import os
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ecs_protection import _fork
 from ecs_protection._errors import (
@@ -232,10 +232,24 @@ def parse_busy(status: int, payload: bytes, *, lease: str, require_protection: b
 def lease_answer(
     lease: str, answer: tuple[int, bytes] | None, *, require_protection: bool
 ) -> Lease:
-    """The outcome of a busy request; None (unreachable, not strict) runs unprotected."""
+    """The outcome of a busy request; None (unreachable, not strict) runs unprotected.
+
+    A required lease never gets here unanswered: its request raises instead (see
+    unreachable_policy).
+    """
     if answer is None:
         return Lease(lease, protected=False, reason="sidecar unreachable")
     return parse_busy(*answer, lease=lease, require_protection=require_protection)
+
+
+# What a request does when the sidecar does not answer: "settings" raises in strict
+# mode and otherwise warns once; "raise" always raises (protection is required);
+# "quiet" says nothing (the release after a request that got no answer either).
+OnUnreachable = Literal["settings", "raise", "quiet"]
+
+
+def unreachable_policy(*, require_protection: bool) -> OnUnreachable:
+    return "raise" if require_protection else "settings"
 
 
 def parse_idle(status: int, payload: bytes) -> bool:
@@ -365,13 +379,17 @@ _warned_urls: set[str] = set()
 
 
 class Unreachable:
-    """What to do when the sidecar does not answer: raise (strict) or warn once and go on."""
+    """What to do when the sidecar does not answer: raise (strict, or protection required)
+    or warn once and go on."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def handle(self, exc: Exception) -> None:
-        if self._settings.strict:
+    def handle(self, exc: Exception, policy: OnUnreachable = "settings") -> None:
+        if policy == "quiet":
+            log.debug("the sidecar at %s is unreachable: %s", self._settings.url, exc)
+            return
+        if policy == "raise" or self._settings.strict:
             raise SidecarUnavailableError(
                 f"the ecs-protection sidecar at {self._settings.url} is unreachable: {exc}"
             ) from exc

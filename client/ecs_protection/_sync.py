@@ -64,7 +64,10 @@ class Client(p.BaseClient):
         # the fork. Dropping it closes only this process's copies of the sockets.
         self._session = _session()
 
-    def _send(self, request: p.Request) -> tuple[int, bytes] | None:
+    def _send(
+        self, request: p.Request, unreachable: p.OnUnreachable = "settings"
+    ) -> tuple[int, bytes] | None:
+        """(status, body), or None when the sidecar did not answer (see p.Unreachable)."""
         try:
             response = self._session.request(
                 request.method,
@@ -75,7 +78,7 @@ class Client(p.BaseClient):
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            self._unreachable.handle(exc)
+            self._unreachable.handle(exc, unreachable)
             return None
         self._unreachable.reset()
         return response.status_code, response.content
@@ -89,13 +92,22 @@ class Client(p.BaseClient):
         require_protection: bool = False,
     ) -> p.Lease:
         """POST /busy: take or refresh `lease`; see hold() and busy() for the usual ways."""
-        answer = self._send(self._busy_request(lease, ttl, wait_seconds))
+        answer = self._send(
+            self._busy_request(lease, ttl, wait_seconds),
+            p.unreachable_policy(require_protection=require_protection),
+        )
         return p.lease_answer(lease, answer, require_protection=require_protection)
 
     def release(self, lease: str) -> bool:
         """POST /idle; False when the lease was unknown or the sidecar unreachable."""
         answer = self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
+
+    def _discard(self, lease: str) -> None:
+        """POST /idle after a busy request that failed: silent when unreachable too."""
+        answer = self._send(p.idle_request(lease), "quiet")
+        if answer is not None:
+            p.parse_idle(*answer)
 
     def hold(
         self,
