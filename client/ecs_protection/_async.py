@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ecs_protection import _protocol as p
+from ecs_protection._errors import InvalidAnswerError
 from ecs_protection._hold import AsyncHold
 
 if TYPE_CHECKING:
@@ -68,12 +69,14 @@ class AsyncClient(p.BaseClient):
     async def _send(
         self, request: p.Request, unreachable: p.OnUnreachable = "settings"
     ) -> tuple[int, bytes] | None:
-        """(status, body), or None when the sidecar did not answer (see p.Unreachable)."""
+        """(status, body), or None when no answer came in time (see p.Unreachable)."""
         aiohttp = _aiohttp()
         if self._session is None:
             # trust_env=False (aiohttp's default, stated): no HTTP_PROXY for localhost.
             self._session = aiohttp.ClientSession(trust_env=False)
+        status = 0
         try:
+            # `total` bounds the call as a whole, however slowly the answer comes.
             async with self._session.request(
                 request.method,
                 self.settings.url + request.path,
@@ -82,8 +85,13 @@ class AsyncClient(p.BaseClient):
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
                 allow_redirects=False,
             ) as response:
-                payload = await response.read()
                 status = response.status
+                payload = await response.read()
+        # Something answered, wrongly: not "unreachable" (see InvalidAnswerError).
+        except aiohttp.ClientPayloadError as exc:
+            raise InvalidAnswerError(status, f"the answer was cut short: {exc}") from None
+        except aiohttp.ClientResponseError as exc:  # the parser's: a bad status line, ...
+            raise InvalidAnswerError(0, f"not an HTTP answer: {exc.message}") from None
         # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             self._unreachable.handle(exc, unreachable)
