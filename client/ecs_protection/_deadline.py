@@ -95,15 +95,10 @@ class _Pool(urllib3.HTTPConnectionPool):
     ConnectionCls = _Connection
 
 
-class _Adapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401  (requests' own signature)
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            **self.poolmanager.pool_classes_by_scheme,
-            "http": _Pool,
-        }
-
-
 def mount(session: requests.Session, url: str) -> None:
     """Make `session` honour bounded() for the requests it sends to `url`."""
-    session.mount(url + "/", _Adapter())
+    adapter = HTTPAdapter()
+    # Plain http:// pools make their connections with _DeadlineSocket.
+    manager = adapter.poolmanager
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": _Pool}
+    session.mount(url + "/", adapter)
