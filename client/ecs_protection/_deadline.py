@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import urllib3
+import urllib3.connection
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -82,7 +82,8 @@ class _DeadlineSocket(socket.socket):
         super().sendall(data, flags)
 
 
-class _Connection(HTTPConnection):
+# Named as urllib3's own, which error messages show ("HTTPConnectionPool(host=...").
+class HTTPConnection(urllib3.connection.HTTPConnection):
     def _new_conn(self) -> socket.socket:
         plain = super()._new_conn()
         timeout = plain.gettimeout()
@@ -91,8 +92,8 @@ class _Connection(HTTPConnection):
         return bounded
 
 
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Connection
+class HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = HTTPConnection
 
 
 def mount(session: requests.Session, url: str) -> None:
@@ -100,5 +101,5 @@ def mount(session: requests.Session, url: str) -> None:
     adapter = HTTPAdapter()
     # Plain http:// pools make their connections with _DeadlineSocket.
     manager = adapter.poolmanager
-    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": _Pool}
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": HTTPConnectionPool}
     session.mount(url + "/", adapter)
