@@ -37,6 +37,20 @@ def drip(conn: socket.socket, path: str, stop: threading.Event) -> None:
     conn.sendall(answer[30:])
 
 
+def drip_body(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """The head at once, then the body one byte every 2 s (a minute and more)."""
+    if path != "/busy":
+        conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+        return
+    answer = http_answer(200, {"lease": "x", "protected": True, "leases": 1})
+    head, _, body = answer.partition(b"\r\n\r\n")
+    conn.sendall(head + b"\r\n\r\n")
+    for index in range(len(body)):
+        if stop.wait(2):
+            return
+        conn.sendall(body[index : index + 1])
+
+
 def cut(conn: socket.socket, path: str, stop: threading.Event) -> None:
     """Headers that promise 200 bytes, then a few, then the connection closes."""
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
@@ -55,9 +69,10 @@ def silent(conn: socket.socket, path: str, stop: threading.Event) -> None:
 # ---- an overall deadline ---------------------------------------------------------------
 
 
-def test_a_slow_drip_is_bounded_as_a_whole():
+@pytest.mark.parametrize("respond", [drip, drip_body])
+def test_a_slow_drip_is_bounded_as_a_whole(respond):
     """Each byte comes within the read timeout; the call as a whole still ends in time."""
-    with RawServer(drip) as server, Client(server.url) as client:
+    with RawServer(respond) as server, Client(server.url) as client:
         started = time.monotonic()
         with busy(client=client, wait_seconds=WAIT) as lease:
             elapsed = time.monotonic() - started
