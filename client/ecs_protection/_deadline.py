@@ -49,21 +49,21 @@ def _remaining() -> float | None:
 class _DeadlineSocket(socket.socket):
     """A socket whose every read and write ends by the deadline of the current call."""
 
-    _per_call: float | None = None  # the timeout urllib3 set (per read)
+    _per_read: float | None = None  # the timeout urllib3 set (per read)
 
     def settimeout(self, value: float | None) -> None:
-        self._per_call = value
+        self._per_read = value
         super().settimeout(value)
 
     def _bound(self) -> None:
         remaining = _remaining()
         if remaining is None:
-            super().settimeout(self._per_call)
+            super().settimeout(self._per_read)
             return
         if remaining <= 0:
             raise socket.timeout("timed out (the call's deadline has passed)")
-        per_call = self._per_call
-        super().settimeout(remaining if per_call is None else min(per_call, remaining))
+        per_read = self._per_read
+        super().settimeout(remaining if per_read is None else min(per_read, remaining))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         self._bound()
