@@ -263,3 +263,89 @@ def dead_proxy_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# Raw (status, body) for RawServer answers that are whole and valid.
+def http_answer(status: int, doc: dict[str, Any]) -> bytes:
+    body = _json(doc)
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
+    return (head + "Connection: close\r\n\r\n").encode() + body
+
+
+class RawServer:
+    """A TCP listener on 127.0.0.1 port 0 that plays a sidecar breaking HTTP.
+
+    For each request it calls `respond(connection, path, stop)`, which writes whatever
+    bytes it likes (a cut answer, garbage, a slow drip) and returns; the connection is
+    closed after it. `stop` is set by close(), so that a drip ends with the test.
+    """
+
+    def __init__(self, respond: Callable[[socket.socket, str, threading.Event], None]) -> None:
+        self._respond = respond
+        self._stop = threading.Event()
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.paths: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._serve, daemon=True)
+        self._accepting.start()
+
+    def __enter__(self) -> RawServer:  # noqa: PYI034  (typing.Self is 3.11+)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = next(
+                    (
+                        int(v)
+                        for k, _, v in (x.partition(":") for x in lines[1:])
+                        if k.strip().lower() == "content-length"
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    body += chunk
+                path = lines[0].split(" ")[1]
+                self.paths.append(path)
+                self._respond(conn, path, self._stop)
+            except OSError:
+                pass  # the client gave up: what these tests expect of it
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):  # wakes the accept() (a close alone does not)
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._accepting.join(10)
+        for thread in self._threads:
+            thread.join(10)

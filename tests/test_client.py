@@ -153,11 +153,11 @@ def test_concurrent_threads_ref_count(fake, client):
 
 
 def test_ttl_heartbeats_refresh_the_lease_until_the_block_ends(fake, client):
-    with busy(client=client, ttl=0.15) as lease:
+    with busy(client=client, ttl=1.0) as lease:
         wait_until(lambda: len(fake.posts("/busy")) >= 3)
     count = len(fake.posts("/busy"))
     beats = fake.posts("/busy")[1:]
-    assert all(b == {"lease": lease.lease, "ttl_seconds": 0.15, "wait_seconds": 0} for b in beats)
+    assert all(b == {"lease": lease.lease, "ttl_seconds": 1.0, "wait_seconds": 0} for b in beats)
     assert fake.leases == set()
     assert not [t for t in threading.enumerate() if t.name.startswith("ecs-protection-heart")]
     assert len(fake.posts("/busy")) == count  # no heartbeat after the release
@@ -272,7 +272,7 @@ async def test_async_busy_without_a_client_uses_the_environment(fake, monkeypatc
 
 async def test_async_heartbeat_stops_before_the_release(fake):
     async with AsyncClient(fake.url) as client:
-        async with busy(async_client=client, ttl=0.15):
+        async with busy(async_client=client, ttl=1.0):
             await asyncio.to_thread(wait_until, lambda: len(fake.posts("/busy")) >= 3)
         count = len(fake.posts("/busy"))
         # No heartbeat task is left to post again after the release.

@@ -57,7 +57,7 @@ def test_hold_is_a_context_manager(fake, client):
 
 
 def test_hold_heartbeats_stop_before_the_release(fake, client):
-    hold = client.hold(ttl=0.15)
+    hold = client.hold(ttl=1.0)
     wait_until(lambda: len(fake.posts("/busy")) >= 3)
     hold.release()
     count = len(fake.posts("/busy"))
@@ -122,7 +122,7 @@ def test_drain_sends_the_token(fake):
 
 async def test_async_hold_release_and_context_manager(fake):
     async with AsyncClient(fake.url) as client:
-        hold = await client.hold(ttl=0.15)
+        hold = await client.hold(ttl=1.0)
         assert isinstance(hold, AsyncHold)
         assert fake.leases == {hold.lease.lease}
         await asyncio.to_thread(wait_until, lambda: len(fake.posts("/busy")) >= 3)

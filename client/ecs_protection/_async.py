@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ecs_protection import _protocol as p
+from ecs_protection._errors import InvalidAnswerError
 from ecs_protection._hold import AsyncHold
 
 if TYPE_CHECKING:
@@ -65,12 +66,17 @@ class AsyncClient(p.BaseClient):
             _parents_sessions.append(self._session)
         self._session = None
 
-    async def _send(self, request: p.Request) -> tuple[int, bytes] | None:
+    async def _send(
+        self, request: p.Request, unreachable: p.OnUnreachable = "settings"
+    ) -> tuple[int, bytes] | None:
+        """(status, body), or None when no answer came in time (see p.Unreachable)."""
         aiohttp = _aiohttp()
         if self._session is None:
             # trust_env=False (aiohttp's default, stated): no HTTP_PROXY for localhost.
             self._session = aiohttp.ClientSession(trust_env=False)
+        status = 0
         try:
+            # `total` bounds the call as a whole, however slowly the answer comes.
             async with self._session.request(
                 request.method,
                 self.settings.url + request.path,
@@ -79,11 +85,16 @@ class AsyncClient(p.BaseClient):
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
                 allow_redirects=False,
             ) as response:
-                payload = await response.read()
                 status = response.status
+                payload = await response.read()
+        # Something answered, wrongly: not "unreachable" (see InvalidAnswerError).
+        except aiohttp.ClientPayloadError as exc:
+            raise InvalidAnswerError(status, f"the answer was cut short: {exc}") from None
+        except aiohttp.ClientResponseError as exc:  # the parser's: a bad status line, ...
+            raise InvalidAnswerError(0, f"not an HTTP answer: {exc.message}") from None
         # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            self._unreachable.handle(exc)
+            self._unreachable.handle(exc, unreachable)
             return None
         self._unreachable.reset()
         return status, payload
@@ -96,17 +107,26 @@ class AsyncClient(p.BaseClient):
         *,
         require_protection: bool = False,
     ) -> p.Lease:
-        answer = await self._send(self._busy_request(lease, ttl, wait_seconds))
+        answer = await self._send(
+            self._busy_request(lease, ttl, wait_seconds),
+            p.unreachable_policy(require_protection=require_protection),
+        )
         return p.lease_answer(lease, answer, require_protection=require_protection)
 
     async def release(self, lease: str) -> bool:
         answer = await self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
 
+    async def _discard(self, lease: str) -> None:
+        """POST /idle after a busy request that failed: silent when unreachable too."""
+        answer = await self._send(p.idle_request(lease), "quiet")
+        if answer is not None:
+            p.parse_idle(*answer)
+
     async def hold(
         self,
         *,
-        ttl: float | None = None,
+        ttl: float | None = p.DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ecs_protection import _fork
 from ecs_protection._async import AsyncClient
 from ecs_protection._hold import AsyncHold, Hold, check_options
+from ecs_protection._protocol import DEFAULT_TTL_SECONDS
 from ecs_protection._sync import Client
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ _fork.on_fork(_reset_default_client)
 
 def hold(
     *,
-    ttl: float | None = None,
+    ttl: float | None = DEFAULT_TTL_SECONDS,
     lease_prefix: str = "job",
     wait_seconds: float | None = None,
     require_protection: bool = False,
@@ -76,14 +77,17 @@ class Busy:
     `.protected`, ...).
 
     Each use takes a new unique lease (a Hold) and releases it on exit, even when the
-    body raises. With `ttl`, the lease expires unless refreshed, and a heartbeat (a
-    thread, or a task in async code) refreshes it every ttl/3 seconds while it is held.
+    body raises. The lease expires unless refreshed within `ttl` (60 s by default, so
+    that a killed worker cannot keep the task protected; `ttl=None`: no TTL), and a
+    heartbeat (a thread, or a task in async code) refreshes it every ttl/3 seconds
+    while it is held. With `require_protection=True` the body runs only once the
+    sidecar confirmed protection; anything else (no answer included) raises.
     """
 
     def __init__(  # noqa: PLR0913  (all keyword options)
         self,
         *,
-        ttl: float | None = None,
+        ttl: float | None = DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,

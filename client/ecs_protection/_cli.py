@@ -3,8 +3,8 @@
 Exit codes (also in the README):
   CMD's own code, or 128+N when signal N ended it
   2    usage: a bad flag or environment value (one line on stderr)
-  69   the sidecar is unreachable (state; busy when strict), protection is required and
-       unavailable, or its lease table is full (429)
+  69   the sidecar is unreachable (state; busy when strict or --require-protection),
+       protection is required and unconfirmed, or its lease table is full (429)
   75   the task is draining: CMD was not started
   76   the sidecar answered an error, or something that is not its API (500, ...)
   77   the sidecar refused the token (401, or 403)
@@ -32,7 +32,7 @@ from ecs_protection._errors import (
     TaskDrainingError,
     TooManyLeasesError,
 )
-from ecs_protection._protocol import Settings
+from ecs_protection._protocol import DEFAULT_TTL_SECONDS, Settings, check_ttl, check_wait
 from ecs_protection._sync import Client
 from ecs_protection._wrapper import Wrapper
 
@@ -81,6 +81,27 @@ def seconds(*, positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def _ttl(text: str) -> float:
+    """An argparse type: 0 (no TTL), or a TTL the sidecar can keep."""
+    value = seconds()(text)
+    if value:
+        try:
+            check_ttl(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _wait(text: str) -> float:
+    """An argparse type: a wait for confirmation the sidecar accepts."""
+    value = seconds()(text)
+    try:
+        check_wait(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("ecs-protection")
@@ -101,21 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     busy = commands.add_parser("busy", help="hold a lease while CMD runs; exit with its code")
     busy.add_argument(
         "--ttl",
-        type=seconds(),
-        default=60.0,
-        help="lease TTL in seconds, refreshed every ttl/3 (0: none; default 60)",
+        type=_ttl,
+        default=DEFAULT_TTL_SECONDS,
+        help="lease TTL in seconds, 1 to 604800, refreshed every ttl/3 (0: none; default 60)",
     )
     busy.add_argument("--lease-prefix", default="cli")
     busy.add_argument(
         "--wait-seconds",
-        type=seconds(),
+        type=_wait,
         default=None,
-        help="how long to wait for confirmed protection (sidecar default 10)",
+        help="how long to wait for confirmed protection, 0 to 300 (sidecar default 10)",
     )
     busy.add_argument(
         "--require-protection",
         action="store_true",
-        help="do not run CMD unless protection is confirmed (exit 69)",
+        help="do not run CMD unless protection is confirmed, whatever the reason: exit 69 "
+        "when the sidecar is unreachable or does not confirm in time (75 draining, 76 a bad "
+        "answer, 77 a refused token)",
     )
     busy.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 

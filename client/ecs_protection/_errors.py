@@ -2,14 +2,16 @@
 
 ProtectionError
  +-- ConfigurationError        a bad TASK_PROTECTION_* value or argument (also a ValueError)
- +-- SidecarUnavailableError   the sidecar did not answer (raised in strict mode only)
+ +-- SidecarUnavailableError   the sidecar did not answer in time (raised in strict mode,
+ |                            or when protection is required)
  +-- SidecarError              the sidecar answered with an error (status, code, message)
       +-- TaskDrainingError     503 Draining: the task is stopping, do not start the job
       +-- ProtectionUnavailableError
       |                         503 ProtectionUnavailable: not confirmed in time
       |                         (raised only with require_protection=True)
       +-- TooManyLeasesError    429: the sidecar's lease table is full
-      +-- InvalidAnswerError    the answer is not what the API promises (code InvalidAnswer)
+      +-- InvalidAnswerError    the answer is not what the API promises (code InvalidAnswer):
+                                not JSON, a wrong field, cut short, not HTTP at all
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ class ConfigurationError(ProtectionError, ValueError):
 
 
 class SidecarUnavailableError(ProtectionError):
-    """The sidecar could not be reached (only raised in strict mode)."""
+    """No answer from the sidecar: nothing listens, the connection closed before a byte
+    of the answer, or the answer did not come in time.
+
+    Raised in strict mode, and whenever protection is required; otherwise the client
+    warns once and the job runs unprotected.
+    """
 
 
 class SidecarError(ProtectionError):
@@ -57,7 +64,12 @@ class TooManyLeasesError(SidecarError):
 
 
 class InvalidAnswerError(SidecarError):
-    """The answer is not the API's: not JSON, a missing or mistyped field, another lease.
+    """The answer is not the API's: not JSON, a missing or mistyped field, another lease,
+    an answer cut short, or bytes that are not HTTP (`status` 0: no status line).
+
+    Something answers on the sidecar's address, wrongly: unlike no answer at all, that
+    is an error in every mode, so that a broken sidecar (or another program on its
+    port) is seen instead of passing for "no sidecar, run unprotected".
 
     Whether the request took effect is unknown, so a busy request that gets one is
     followed by a release of its lease.

@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING
 
 from ecs_protection._busy import default_client
 from ecs_protection._hold import check_options
+from ecs_protection._protocol import DEFAULT_TTL_SECONDS
 
 if TYPE_CHECKING:
     from ecs_protection._hold import Hold
     from ecs_protection._sync import Client
 
-# A worker that dies (SIGKILL, OOM) holds protection at most this long: its heartbeat,
-# every third of it, stops with the process.
-DEFAULT_TTL_SECONDS = 60.0
+# DEFAULT_TTL_SECONDS, busy()'s: a worker that dies (SIGKILL, OOM) holds protection at
+# most this long, as its heartbeat, every third of it, stops with the process.
+__all__ = ["DEFAULT_TTL_SECONDS", "LeaseOptions", "lease_prefix"]
 
 _NOT_IN_LEASE_ID = re.compile(r"[^A-Za-z0-9._:-]")
 

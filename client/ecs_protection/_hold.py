@@ -21,7 +21,13 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ecs_protection._protocol import check_seconds, may_hold_lease, new_lease_id
+from ecs_protection._protocol import (
+    DEFAULT_TTL_SECONDS,
+    check_ttl,
+    check_wait,
+    may_hold_lease,
+    new_lease_id,
+)
 from ecs_protection._shutdown import jobs, refuse_new_job
 
 if TYPE_CHECKING:
@@ -36,8 +42,9 @@ log = logging.getLogger("ecs_protection")
 
 
 def check_options(ttl: float | None, wait_seconds: float | None) -> None:
-    check_seconds("ttl", ttl, positive=True)
-    check_seconds("wait_seconds", wait_seconds)
+    """Refuse what the sidecar would refuse, or could not keep, before any request."""
+    check_ttl(ttl)
+    check_wait(wait_seconds)
 
 
 def heartbeat_interval(ttl: float) -> float:
@@ -48,8 +55,9 @@ def heartbeat_interval(ttl: float) -> float:
 class Hold:
     """A lease on the sidecar, held from construction until release().
 
-    `hold.lease` is the sidecar's answer (`Lease`: `.lease`, `.protected`, ...). With
-    `ttl`, a heartbeat thread refreshes the lease every ttl/3 seconds. Use
+    `hold.lease` is the sidecar's answer (`Lease`: `.lease`, `.protected`, ...). The
+    lease has a TTL (60 s unless `ttl` says otherwise; `ttl=None`: none), refreshed by
+    a heartbeat thread every ttl/3 seconds. Use
     `Client.hold()` or `ecs_protection.hold()`; `with client.hold(): ...` works too.
     """
 
@@ -59,7 +67,7 @@ class Hold:
         self,
         client: Client,
         *,
-        ttl: float | None = None,
+        ttl: float | None = DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,
@@ -83,7 +91,7 @@ class Hold:
         except BaseException as exc:
             try:
                 if may_hold_lease(exc):
-                    _release_quietly(client, self._id)
+                    _discard_quietly(client, self._id)
             finally:
                 jobs.exit()
             raise
@@ -129,7 +137,7 @@ class Hold:
 class AsyncHold:
     """The asyncio twin of Hold: `hold = await aclient.hold()`, `await hold.release()`.
 
-    With `ttl`, the heartbeat is a task on the running loop.
+    The heartbeat is a task on the running loop.
     """
 
     def __init__(
@@ -148,7 +156,7 @@ class AsyncHold:
         cls,
         client: AsyncClient,
         *,
-        ttl: float | None = None,
+        ttl: float | None = DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,
@@ -173,7 +181,7 @@ class AsyncHold:
             # cancellation, and the finally still counts the job as ended.
             try:
                 await _shielded(
-                    _end(client, lease_id, release=may_hold_lease(exc), close=owns_client)
+                    _end(client, lease_id, discard=may_hold_lease(exc), close=owns_client)
                 )
             finally:
                 jobs.exit()
@@ -233,10 +241,24 @@ def _release_quietly(client: Client, lease: str) -> None:
         log.warning("could not release lease %s: %s", lease, exc)
 
 
-async def _end(client: AsyncClient, lease: str, *, release: bool, close: bool) -> None:
+def _discard_quietly(client: Client, lease: str) -> None:
+    # After a busy request that failed, which is what the caller hears about: a sidecar
+    # that does not answer the release either is no news ("carrying on" would be wrong).
+    try:
+        client._discard(lease)  # noqa: SLF001  (the clients' own cleanup call)
+    except Exception as exc:  # noqa: BLE001  (never raise from a release)
+        log.warning("could not release lease %s: %s", lease, exc)
+
+
+async def _end(
+    client: AsyncClient, lease: str, *, release: bool = False, discard: bool = False, close: bool
+) -> None:
+    """Release (after the job) or discard (after a failed take) `lease`; close `client`."""
     try:
         if release:
             await client.release(lease)
+        elif discard:
+            await client._discard(lease)  # noqa: SLF001  (the clients' own cleanup call)
     except Exception as exc:  # noqa: BLE001  (never raise from a release)
         log.warning("could not release lease %s: %s", lease, exc)
     finally:

@@ -15,7 +15,7 @@ import os
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ecs_protection import _fork
 from ecs_protection._errors import (
@@ -36,8 +36,19 @@ log = logging.getLogger("ecs_protection")
 DEFAULT_URL = "http://127.0.0.1:31680"
 # The sidecar's own default wait for confirmation (POST /busy `wait_seconds`).
 DEFAULT_WAIT_SECONDS = 10.0
-# Long enough for the sidecar's own wait for confirmation (wait_seconds) plus a margin.
+# The sidecar's own limit on `wait_seconds`: it answers 400 beyond.
+MAX_WAIT_SECONDS = 300.0
+# Each call as a whole (connecting, sending, every byte of the answer) ends within the
+# sidecar's wait for confirmation (wait_seconds) plus this margin.
 REQUEST_MARGIN_SECONDS = 5.0
+# A lease without a TTL outlives a killed worker for as long as its container runs
+# (protection with nobody busy); 60 s with a heartbeat every 20 s bounds that to a minute.
+DEFAULT_TTL_SECONDS = 60.0
+# The sidecar's own limit on `ttl_seconds` (7 days): it answers 400 beyond.
+MAX_TTL_SECONDS = 7 * 86400.0
+# Below this a lease may expire before the sidecar's answer or the first heartbeat
+# (every ttl/3) reaches it: the job would be told "protected" for a lease already gone.
+MIN_TTL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,27 @@ def check_seconds(name: str, value: float | None, *, positive: bool = False) -> 
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "zero or positive"
         raise ValueError(f"{name} must be a finite, {kind} number of seconds, not {value!r}")
+
+
+def check_ttl(ttl: float | None) -> None:
+    """Refuse a TTL the sidecar cannot keep: see MIN_TTL_SECONDS and MAX_TTL_SECONDS."""
+    check_seconds("ttl", ttl, positive=True)
+    if ttl is not None and not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        raise ValueError(
+            f"ttl must be from {MIN_TTL_SECONDS:g} s (a shorter lease may expire before it is "
+            f"answered or refreshed) to {MAX_TTL_SECONDS:g} s (7 days, the sidecar's maximum), "
+            f"not {ttl!r}"
+        )
+
+
+def check_wait(wait_seconds: float | None) -> None:
+    """Refuse a wait the sidecar would refuse (more than MAX_WAIT_SECONDS)."""
+    check_seconds("wait_seconds", wait_seconds)
+    if wait_seconds is not None and wait_seconds > MAX_WAIT_SECONDS:
+        raise ValueError(
+            f"wait_seconds must be at most {MAX_WAIT_SECONDS:g} s (the sidecar's maximum), "
+            f"not {wait_seconds!r}"
+        )
 
 
 def new_lease_id(prefix: str = "job") -> str:
@@ -200,10 +232,24 @@ def parse_busy(status: int, payload: bytes, *, lease: str, require_protection: b
 def lease_answer(
     lease: str, answer: tuple[int, bytes] | None, *, require_protection: bool
 ) -> Lease:
-    """The outcome of a busy request; None (unreachable, not strict) runs unprotected."""
+    """The outcome of a busy request; None (unreachable, not strict) runs unprotected.
+
+    A required lease never gets here unanswered: its request raises instead (see
+    unreachable_policy).
+    """
     if answer is None:
         return Lease(lease, protected=False, reason="sidecar unreachable")
     return parse_busy(*answer, lease=lease, require_protection=require_protection)
+
+
+# What a request does when the sidecar does not answer: "settings" raises in strict
+# mode and otherwise warns once; "raise" always raises (protection is required);
+# "quiet" says nothing (the release after a request that got no answer either).
+OnUnreachable = Literal["settings", "raise", "quiet"]
+
+
+def unreachable_policy(*, require_protection: bool) -> OnUnreachable:
+    return "raise" if require_protection else "settings"
 
 
 def parse_idle(status: int, payload: bytes) -> bool:
@@ -333,13 +379,17 @@ _warned_urls: set[str] = set()
 
 
 class Unreachable:
-    """What to do when the sidecar does not answer: raise (strict) or warn once and go on."""
+    """What to do when the sidecar does not answer: raise (strict, or protection required)
+    or warn once and go on."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def handle(self, exc: Exception) -> None:
-        if self._settings.strict:
+    def handle(self, exc: Exception, policy: OnUnreachable = "settings") -> None:
+        if policy == "quiet":
+            log.debug("the sidecar at %s is unreachable: %s", self._settings.url, exc)
+            return
+        if policy == "raise" or self._settings.strict:
             raise SidecarUnavailableError(
                 f"the ecs-protection sidecar at {self._settings.url} is unreachable: {exc}"
             ) from exc

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 from typing import TYPE_CHECKING
 
 import requests
+from requests.exceptions import ChunkedEncodingError, ContentDecodingError
 
 from ecs_protection import _protocol as p
+from ecs_protection._deadline import bounded, mount
+from ecs_protection._errors import InvalidAnswerError
 from ecs_protection._hold import Hold
 
 if TYPE_CHECKING:
@@ -29,7 +33,8 @@ class Client(p.BaseClient):
     A forked child gets a new session on its first request (the parent's keep-alive
     connection stays the parent's). A `session` passed in is used with `trust_env`
     turned off, so that no proxy is ever asked; after a fork the child uses a new
-    default session instead.
+    default session instead. Each call ends within its wait plus a margin, however
+    slowly the answer comes (the session's adapter for the sidecar's URL sees to that).
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class Client(p.BaseClient):
         if session is not None:
             session.trust_env = False
         self._session = session if session is not None else _session()
+        mount(self._session, self.settings.url)
 
     def __enter__(self) -> Client:  # noqa: PYI034  (typing.Self is 3.11+; the client supports 3.9)
         return self
@@ -63,8 +69,24 @@ class Client(p.BaseClient):
         # Not closed: another thread of the parent may have held the pool's lock at
         # the fork. Dropping it closes only this process's copies of the sockets.
         self._session = _session()
+        mount(self._session, self.settings.url)
 
-    def _send(self, request: p.Request) -> tuple[int, bytes] | None:
+    def _send(
+        self, request: p.Request, unreachable: p.OnUnreachable = "settings"
+    ) -> tuple[int, bytes] | None:
+        """(status, body), or None when no answer came in time (see p.Unreachable)."""
+        try:
+            with bounded(request.timeout):
+                answer = self._exchange(request)
+        except requests.RequestException as exc:
+            self._unreachable.handle(exc, unreachable)
+            return None
+        self._unreachable.reset()
+        return answer
+
+    def _exchange(self, request: p.Request) -> tuple[int, bytes]:
+        # Streamed, so that an answer cut short (its head came, its body did not) is
+        # told apart from no answer at all.
         try:
             response = self._session.request(
                 request.method,
@@ -73,12 +95,21 @@ class Client(p.BaseClient):
                 headers=p.headers(self.settings),
                 timeout=request.timeout,
                 allow_redirects=False,
+                stream=True,
             )
-        except requests.RequestException as exc:
-            self._unreachable.handle(exc)
-            return None
-        self._unreachable.reset()
-        return response.status_code, response.content
+        except requests.ConnectionError as exc:
+            garbled = _not_http(exc)
+            if garbled is not None:
+                raise InvalidAnswerError(0, f"not an HTTP answer: {garbled!r}") from None
+            raise
+        with response:
+            try:
+                payload = response.content
+            except (ChunkedEncodingError, ContentDecodingError) as exc:
+                # requests' names for a body that broke off (IncompleteRead, a reset).
+                message = f"the answer was cut short: {exc}"
+                raise InvalidAnswerError(response.status_code, message) from None
+        return response.status_code, payload
 
     def acquire(
         self,
@@ -89,7 +120,10 @@ class Client(p.BaseClient):
         require_protection: bool = False,
     ) -> p.Lease:
         """POST /busy: take or refresh `lease`; see hold() and busy() for the usual ways."""
-        answer = self._send(self._busy_request(lease, ttl, wait_seconds))
+        answer = self._send(
+            self._busy_request(lease, ttl, wait_seconds),
+            p.unreachable_policy(require_protection=require_protection),
+        )
         return p.lease_answer(lease, answer, require_protection=require_protection)
 
     def release(self, lease: str) -> bool:
@@ -97,10 +131,16 @@ class Client(p.BaseClient):
         answer = self._send(p.idle_request(lease))
         return False if answer is None else p.parse_idle(*answer)
 
+    def _discard(self, lease: str) -> None:
+        """POST /idle after a busy request that failed: silent when unreachable too."""
+        answer = self._send(p.idle_request(lease), "quiet")
+        if answer is not None:
+            p.parse_idle(*answer)
+
     def hold(
         self,
         *,
-        ttl: float | None = None,
+        ttl: float | None = p.DEFAULT_TTL_SECONDS,
         lease_prefix: str = "job",
         wait_seconds: float | None = None,
         require_protection: bool = False,
@@ -150,3 +190,24 @@ class Client(p.BaseClient):
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             time.sleep(pause)
+
+
+def _not_http(exc: BaseException) -> http.client.HTTPException | None:
+    """The http.client error under `exc` when the peer answered with something that is
+    not HTTP (a bad status line, bad headers); None for no answer at all (nothing
+    listens, or it closed without a byte: RemoteDisconnected)."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, http.client.HTTPException) and not isinstance(
+            error, http.client.RemoteDisconnected
+        ):
+            return error
+        # requests and urllib3 wrap the cause in their exceptions' args.
+        pending.extend(arg for arg in error.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+    return None

@@ -1,0 +1,105 @@
+"""An overall deadline for each request of the sync client.
+
+requests' `timeout` bounds each socket read, not the answer as a whole: a sidecar (or
+anything on its port) that sends one byte every 2 s keeps a call going for as long as
+it likes. The sync client's sockets therefore shrink their timeout, before every read
+and write, to what is left of the deadline of the call in progress in their thread
+(a keep-alive connection is used by one thread at a time), and time out once it has
+passed. The async client needs none of this: aiohttp's `total` timeout is one already.
+
+Plain http:// only, which is all the sidecar serves: a TLS socket reads through its
+own C object, so a sidecar behind a TLS proxy is bounded per read, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+import urllib3.connection
+from requests.adapters import HTTPAdapter
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import requests
+
+_calls = threading.local()
+
+
+@contextlib.contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """Bound the requests this thread makes inside the block to `seconds` in all."""
+    _calls.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _calls.at = None
+
+
+def _remaining() -> float | None:
+    at: float | None = getattr(_calls, "at", None)
+    return None if at is None else at - time.monotonic()
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every read and write ends by the deadline of the current call."""
+
+    _per_read: float | None = None  # the timeout urllib3 set (per read)
+
+    def settimeout(self, value: float | None) -> None:
+        self._per_read = value
+        super().settimeout(value)
+
+    def _bound(self) -> None:
+        remaining = _remaining()
+        if remaining is None:
+            super().settimeout(self._per_read)
+            return
+        if remaining <= 0:
+            raise socket.timeout("timed out (the call's deadline has passed)")
+        per_read = self._per_read
+        super().settimeout(remaining if per_read is None else min(per_read, remaining))
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._bound()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # noqa: ANN401  (a writable buffer)
+        self._bound()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:  # noqa: ANN401  (a bytes-like object)
+        self._bound()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:  # noqa: ANN401  (a bytes-like object)
+        self._bound()
+        super().sendall(data, flags)
+
+
+# Named as urllib3's own, which error messages show ("HTTPConnectionPool(host=...").
+class HTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        plain = super()._new_conn()
+        timeout = plain.gettimeout()
+        bounded = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        bounded.settimeout(timeout)
+        return bounded
+
+
+class HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = HTTPConnection
+
+
+def mount(session: requests.Session, url: str) -> None:
+    """Make `session` honour bounded() for the requests it sends to `url`."""
+    adapter = HTTPAdapter()
+    # Plain http:// pools make their connections with _DeadlineSocket.
+    manager = adapter.poolmanager
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": HTTPConnectionPool}
+    session.mount(url + "/", adapter)

@@ -1,0 +1,156 @@
+"""Answers that break HTTP: a slow drip is bounded as a whole, a cut or garbled answer is
+a protocol error, and only no answer at all counts as "unreachable".
+
+Against RawServer (tests/client_support.py): a real listener on port 0 that writes the
+bytes each test chooses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ecs_protection import AsyncClient, Client, InvalidAnswerError, SidecarUnavailableError, busy
+from tests.client_support import RawServer, http_answer
+
+if TYPE_CHECKING:
+    import socket
+    import threading
+
+WAIT = 1.0
+# Far below the 60 s the drip lasts, far above wait + margin (6 s): never flakes.
+BOUND = 20.0
+
+
+def drip(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """/busy: a protected answer, its first 30 bytes one every 2 s (a minute); /idle: at once."""
+    if path != "/busy":
+        conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+        return
+    answer = http_answer(200, {"lease": "x", "protected": True, "leases": 1})
+    for index in range(30):
+        if stop.wait(2):
+            return
+        conn.sendall(answer[index : index + 1])
+    conn.sendall(answer[30:])
+
+
+def drip_body(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """The head at once, then the body one byte every 2 s (a minute and more)."""
+    if path != "/busy":
+        conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+        return
+    answer = http_answer(200, {"lease": "x", "protected": True, "leases": 1})
+    head, _, body = answer.partition(b"\r\n\r\n")
+    conn.sendall(head + b"\r\n\r\n")
+    for index in range(len(body)):
+        if stop.wait(2):
+            return
+        conn.sendall(body[index : index + 1])
+
+
+def cut(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """Headers that promise 200 bytes, then a few, then the connection closes."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    conn.sendall(b'Content-Length: 200\r\n\r\n{"lease": "job-')
+
+
+def garbage(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """Something listens, and it does not speak HTTP."""
+    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+
+def silent(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """Takes the request and closes without a byte: no answer, as from a restart."""
+
+
+# ---- an overall deadline ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("respond", [drip, drip_body])
+def test_a_slow_drip_is_bounded_as_a_whole(respond):
+    """Each byte comes within the read timeout; the call as a whole still ends in time."""
+    with RawServer(respond) as server, Client(server.url) as client:
+        started = time.monotonic()
+        with busy(client=client, wait_seconds=WAIT) as lease:
+            elapsed = time.monotonic() - started
+            assert lease.protected is False  # no answer in time: unreachable, lenient
+    assert elapsed < BOUND
+
+
+def test_a_slow_drip_stops_a_required_block_in_time():
+    with RawServer(drip) as server, Client(server.url) as client:
+        started = time.monotonic()
+        with (
+            pytest.raises(SidecarUnavailableError),
+            busy(client=client, wait_seconds=WAIT, require_protection=True),
+        ):
+            pytest.fail("the body must not run")
+        assert time.monotonic() - started < BOUND
+
+
+async def test_an_async_slow_drip_is_bounded_as_a_whole():
+    with RawServer(drip) as server:
+        async with AsyncClient(server.url) as client:
+            started = time.monotonic()
+            async with busy(async_client=client, wait_seconds=WAIT) as lease:
+                elapsed = time.monotonic() - started
+                assert lease.protected is False
+    assert elapsed < BOUND
+
+
+# ---- cut and garbled answers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("respond", [cut, garbage])
+def test_a_cut_or_garbled_answer_is_a_protocol_error(respond):
+    """Not "unreachable": something answered, wrongly; the block does not run."""
+    with (
+        RawServer(respond) as server,
+        Client(server.url, strict=False) as client,
+        pytest.raises(InvalidAnswerError),
+        busy(client=client),
+    ):
+        pytest.fail("the body must not run")
+    assert server.paths == ["/busy", "/idle"]  # and the lease it may have made is released
+
+
+@pytest.mark.parametrize("respond", [cut, garbage])
+async def test_an_async_cut_or_garbled_answer_is_a_protocol_error(respond):
+    with RawServer(respond) as server:
+        async with AsyncClient(server.url, strict=False) as client:
+            with pytest.raises(InvalidAnswerError):
+                async with busy(async_client=client):
+                    pytest.fail("the body must not run")
+    assert server.paths == ["/busy", "/idle"]
+
+
+def test_a_cut_state_answer_is_a_protocol_error_too():
+    with RawServer(cut) as server, Client(server.url) as client, pytest.raises(InvalidAnswerError):
+        client.state()
+
+
+def test_a_connection_closed_without_an_answer_is_unreachable():
+    with (
+        RawServer(silent) as server,
+        Client(server.url, strict=False) as client,
+        busy(client=client) as lease,
+    ):
+        assert lease.protected is False
+    with (
+        RawServer(silent) as server,
+        Client(server.url, strict=True) as strict,
+        pytest.raises(SidecarUnavailableError),
+    ):
+        strict.state()
+
+
+async def test_an_async_connection_closed_without_an_answer_is_unreachable():
+    with RawServer(silent) as server:
+        async with (
+            AsyncClient(server.url, strict=False) as client,
+            busy(async_client=client) as lease,
+        ):
+            assert lease.protected is False
