@@ -438,8 +438,9 @@ def test_help_is_printed_with_exit_0_and_ends_with_the_exit_codes(name):
 
 
 def test_busy_help_explains_the_lease_prefix():
-    text = PARSERS["ecs-protection busy"].format_help().split("options:")[1]
-    option = text[text.index("--lease-prefix") : text.index("--wait-seconds")]
+    text = PARSERS["ecs-protection busy"].format_help()
+    start = text.rindex("--lease-prefix")  # its entry, after the usage lines
+    option = text[start : text.index("--wait-seconds", start)]
     assert "lease id" in option
     assert "/state" in option
 

@@ -51,6 +51,13 @@ KEPT = {
 EVERY_FORWARDED = sorted(set(signal.valid_signals()) - KEPT - {signal.SIGTERM})
 
 
+def name_of(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # not every Python names them all (SIGSTKFLT, real-time ones)
+        return f"signal {signum}"
+
+
 def env_for(url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
     return {**env, "TASK_PROTECTION_URL": url, **extra}
@@ -142,7 +149,7 @@ def test_every_catchable_signal_reaches_the_command(supervisor, recorded):
         os.kill(pid, signum)
         wait_until(
             lambda signum=signum: recorded.count(signum) >= 1,
-            what=f"{signal.Signals(signum).name if signum < 32 else signum} forwarded",
+            what=f"{name_of(signum)} forwarded",
         )
     # Job-control signals for a terminal the wrapper does not read neither stop it nor
     # go to CMD (the terminal sends them to CMD's process group itself).
@@ -315,5 +322,57 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_once(fake, recorded, command):
         assert recorded.count(signal.SIGINT) == 1, terminal.output.decode(errors="replace")
         os.kill(terminal.proc.pid, signal.SIGTERM)
         assert terminal.proc.wait(timeout=30) == 0, terminal.output.decode(errors="replace")
+    finally:
+        terminal.close()
+
+
+STOPS_ITSELF_ON_THE_TERMINAL = (
+    "import os, signal, sys;"
+    "os.kill(os.getpid(), signal.SIGTTIN);"  # as a read from the terminal just too early
+    "open(sys.argv[1], 'w').write('continued')"
+)
+
+
+def test_a_command_stopped_by_the_terminal_before_it_had_it_is_continued(fake, tmp_path):
+    """CMD can touch the terminal before it is handed over: that stop must not last."""
+    marker = tmp_path / "continued"
+    command = [sys.executable, "-c", STOPS_ITSELF_ON_THE_TERMINAL, str(marker)]
+    terminal = Terminal([*CLI, "run", "--", *command], env_for(fake.url))
+    try:
+        assert terminal.proc.wait(timeout=30) == 0, terminal.output.decode(errors="replace")
+        assert marker.read_text() == "continued"
+    finally:
+        terminal.close()
+
+
+SUSPENDABLE = (
+    "import os, signal, sys;"
+    "signal.signal(signal.SIGCONT, lambda *a: os.write(out, b'continued\\n'));"
+    "out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT);"
+    "os.write(out, b'ready\\n')\n"
+    "while True: signal.pause()"
+)
+
+
+@pytest.mark.parametrize("command", ["busy", "run"])
+def test_ctrl_z_stops_the_job_and_the_shell_can_continue_it(fake, recorded, command):
+    """The supervisor stops with CMD, so that the shell sees its job stopped, as without it."""
+    terminal = Terminal(
+        [*CLI, command, "--", sys.executable, "-c", SUSPENDABLE, str(recorded.path)],
+        env_for(fake.url),
+    )
+    try:
+        recorded.wait_for("ready")
+        (supervised,) = children_of(terminal.proc.pid)
+        terminal.type(b"\x1a")
+        wait_until(lambda: state_of(terminal.proc.pid) == "T", what="the supervisor stopped")
+        assert state_of(supervised) == "T"
+        assert os.tcgetpgrp(terminal.master) == os.getpgid(terminal.proc.pid)
+        os.killpg(os.getpgid(terminal.proc.pid), signal.SIGCONT)  # what `fg` does
+        recorded.wait_for("continued")
+        assert state_of(supervised) != "T"
+        wait_until(lambda: os.tcgetpgrp(terminal.master) == os.getpgid(supervised))
+        os.kill(terminal.proc.pid, signal.SIGTERM)
+        assert terminal.proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         terminal.close()

@@ -201,7 +201,7 @@ def exit_code(status: int) -> int:
 
 def reap(child: Child, *, everyone: bool) -> int | None:
     """Collect exited children (all of them, or only CMD); CMD's exit code once it exited."""
-    # Stops are reported only with a terminal: a stale terminal stop of CMD is undone.
+    # Stops are reported only with a terminal, for job control (see Terminal.stopped).
     flags = os.WNOHANG | (os.WUNTRACED if child.terminal is not None else 0)
     while True:
         try:
@@ -212,7 +212,7 @@ def reap(child: Child, *, everyone: bool) -> int | None:
             return child.returncode
         if os.WIFSTOPPED(status):
             if pid == child.pid and child.terminal is not None:
-                child.terminal.resume(pid, os.WSTOPSIG(status))
+                child.terminal.stopped(pid, os.WSTOPSIG(status))
             continue
         if pid == child.pid:
             child.returncode = exit_code(status)

@@ -46,18 +46,28 @@ class Terminal:
             os.tcsetpgrp(self._fd, pgid)
             self._given = pgid
 
-    def resume(self, pgid: int, stopsig: int) -> None:
-        """Continue CMD if it was stopped for using the terminal before it had it.
+    def stopped(self, pgid: int, stopsig: int) -> None:
+        """CMD's group `pgid` was stopped by `stopsig` while it may have the terminal.
 
-        CMD starts before the terminal is handed over (posix_spawn runs no code in
-        the child): a read or write in that moment stops it with SIGTTIN/SIGTTOU.
-        Once its group is in the foreground such a stop is stale.
+        A SIGTTIN/SIGTTOU stop while it has the terminal is stale: CMD starts before
+        the terminal is handed over (posix_spawn runs no code in the child), and a read
+        or write in that moment stops it; it is continued. Any other stop (Ctrl-Z) is
+        the job's: the terminal comes back here and this process stops too, so that the
+        shell sees its job stopped; when the shell continues it (`fg`), CMD gets the
+        terminal back and is continued. As PID 1 this process cannot stop itself, and
+        CMD is simply continued.
         """
-        if stopsig not in (signal.SIGTTIN, signal.SIGTTOU) or self._given != pgid:
-            return
-        with contextlib.suppress(OSError):
-            if os.tcgetpgrp(self._fd) == pgid:
-                os.killpg(pgid, signal.SIGCONT)
+        try:
+            if self._given != pgid or os.tcgetpgrp(self._fd) != pgid:
+                return  # stopped in the background: its own business
+            if stopsig not in (signal.SIGTTIN, signal.SIGTTOU):
+                os.tcsetpgrp(self._fd, os.getpgrp())
+                os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
+                if os.tcgetpgrp(self._fd) == os.getpgrp():
+                    os.tcsetpgrp(self._fd, pgid)
+            os.killpg(pgid, signal.SIGCONT)
+        except OSError:
+            return  # the terminal or CMD went away meanwhile
 
     def take_back(self) -> None:
         """CMD ended: the terminal goes back to this process's group, and is closed."""
