@@ -376,3 +376,26 @@ def test_ctrl_z_stops_the_job_and_the_shell_can_continue_it(fake, recorded, comm
         assert terminal.proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         terminal.close()
+
+
+def test_a_sigpipe_the_wrapper_raised_itself_is_not_forwarded(fake, recorded):
+    """Writing its log to a closed pipe raises SIGPIPE in the wrapper: that is not CMD's."""
+    fake.leases.add("job")
+    proc = start_run(["--hold-timeout", "600", "--poll-seconds", "0.05"], fake.url, recorded)
+    try:
+        assert proc.stderr is not None
+        proc.stderr.close()  # whoever read the log went away
+        proc.send_signal(signal.SIGTERM)  # the wrapper logs the hold: EPIPE, SIGPIPE
+        # It polls /state only after it has logged the hold.
+        wait_until(lambda: fake.posts("/drain") and any(s.path == "/state" for s in fake.seen))
+        # A higher number than SIGPIPE: a pending SIGPIPE would be taken, and
+        # forwarded, before it.
+        proc.send_signal(signal.SIGWINCH)
+        recorded.wait_for(str(int(signal.SIGWINCH)))
+        assert recorded.count(signal.SIGPIPE) == 0
+        os.kill(proc.pid, signal.SIGPIPE)  # one sent from outside is still forwarded
+        recorded.wait_for(str(int(signal.SIGPIPE)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
