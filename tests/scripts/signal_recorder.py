@@ -10,10 +10,16 @@ recorded as "orphan PID". Writes "ready" once every signal is blocked.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+
+PR_SET_PDEATHSIG = 1
+# It takes every signal but SIGKILL: should its supervisor be killed (a failed test),
+# the kernel ends it too instead of leaving it behind.
+ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 caught = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
