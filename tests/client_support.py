@@ -349,3 +349,93 @@ class RawServer:
         self._accepting.join(10)
         for thread in self._threads:
             thread.join(10)
+
+
+class StallingSidecar:
+    """A sidecar that never answers some paths: a hung one, or a slow one.
+
+    Listens on 127.0.0.1 port 0, reads each request and answers it from `answers`
+    (path -> (status, body)); a request for any other path is held open and never
+    answered. `outstanding(path)` tells whether such a request is still open on the
+    client's side: the client has neither had an answer nor given up on it.
+    """
+
+    def __init__(self, answers: dict[str, tuple[int, bytes]] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.lock = threading.Lock()
+        self.held: list[tuple[str, socket.socket]] = []
+        self.seen: list[str] = []
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def __enter__(self) -> StallingSidecar:  # noqa: PYI034  (typing.Self is 3.11+)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def outstanding(self, path: str) -> bool:
+        """Whether a held request for `path` is still open on the client's side."""
+        with self.lock:
+            held = [conn for held_path, conn in self.held if held_path == path]
+        return any(_still_open(conn) for conn in held)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return
+            with self.lock:
+                self._open.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while True:  # keep-alive: one request after the other on this connection
+                request_line = reader.readline()
+                if not request_line:
+                    return
+                length = 0
+                for line in iter(reader.readline, b"\r\n"):
+                    if not line:
+                        return
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                reader.read(length)
+                path = request_line.split()[1].decode("ascii")
+                with self.lock:
+                    self.seen.append(path)
+                    answer = self.answers.get(path)
+                    if answer is None:
+                        self.held.append((path, conn))
+                if answer is None:
+                    return  # held: never answered, closed only by close()
+                status, body = answer
+                head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                conn.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        except (OSError, ValueError, IndexError):
+            return
+
+    def close(self) -> None:
+        self._socket.close()
+        with self.lock:
+            connections, self._open = self._open, []
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def _still_open(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True  # nothing to read and no end of stream: the client is waiting
+    except OSError:
+        return False

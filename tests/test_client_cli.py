@@ -5,6 +5,7 @@ Against the stdlib fake sidecar, so that it runs on every Python the client supp
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import threading
 
 import pytest
 
+from ecs_protection._cli import build_parser
+from ecs_protection._errors import ConfigurationError
+from ecs_protection._protocol import Settings
 from tests.client_support import NOWHERE
 from tests.support import read_line, wait_for_line, wait_until
 
@@ -272,3 +276,181 @@ def test_run_forwards_sigterm_when_the_sidecar_is_unreachable():
         assert proc.wait(timeout=30) == 0
     finally:
         stop(proc)
+
+
+# ---- the token: never on the command line ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["busy", "--token", "s3cret-token", "--", "true"],
+        ["run", "--token=s3cret-token", "--", "true"],
+        ["state", "--token", "s3cret-token"],
+        ["--token", "s3cret-token", "state"],
+        ["state", "--token"],
+    ],
+)
+def test_a_token_flag_is_refused_with_a_pointer_to_the_variable(fake, args):
+    result = cli(args, env_for(fake.url))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "TASK_PROTECTION_TOKEN" in line
+    assert "s3cret" not in line  # the refusal does not print the secret again
+    assert fake.seen == []
+
+
+def test_a_token_flag_after_the_double_dash_belongs_to_the_command(fake):
+    result = cli(
+        ["busy", "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "--token", "x"],
+        env_for(fake.url),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['--token', 'x']"
+
+
+def token_file(tmp_path, content: bytes) -> str:
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "token"),
+    [
+        (b"from-a-file-1234\n", "from-a-file-1234"),
+        (b"from-a-file-1234", "from-a-file-1234"),
+        (b"from-a-file-1234\r\n", "from-a-file-1234"),
+    ],
+)
+def test_the_token_file_holds_the_token_without_its_trailing_newline(tmp_path, content, token):
+    settings = Settings.from_environ({"TASK_PROTECTION_TOKEN_FILE": token_file(tmp_path, content)})
+    assert settings.token == token
+
+
+def test_an_explicit_token_argument_wins_over_the_environment(tmp_path):
+    env = {"TASK_PROTECTION_TOKEN_FILE": str(tmp_path / "missing")}
+    assert Settings.from_environ(env, token="given-1234").token == "given-1234"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "cannot read"),  # no such file
+        (b"", "empty"),
+        (b"\n", "empty"),
+        (b"two\nlines\n", "printable"),
+        (b"\xff\xfe", "printable"),
+    ],
+)
+def test_a_bad_token_file_is_a_one_line_error(tmp_path, content, needle):
+    path = str(tmp_path / "missing") if content is None else token_file(tmp_path, content)
+    with pytest.raises(ConfigurationError, match="TASK_PROTECTION_TOKEN_FILE") as error:
+        Settings.from_environ({"TASK_PROTECTION_TOKEN_FILE": path})
+    assert needle in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_directory_as_token_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        Settings.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(tmp_path)})
+
+
+def test_the_token_and_the_token_file_together_are_refused(tmp_path):
+    env = {
+        "TASK_PROTECTION_TOKEN": "direct-1234",
+        "TASK_PROTECTION_TOKEN_FILE": token_file(tmp_path, b"filed-1234\n"),
+    }
+    with pytest.raises(ConfigurationError, match="not both"):
+        Settings.from_environ(env)
+
+
+def test_the_cli_sends_the_token_from_the_file(fake, tmp_path):
+    fake.token = "from-a-file-1234"
+    env = env_for(fake.url, TASK_PROTECTION_TOKEN_FILE=token_file(tmp_path, b"from-a-file-1234\n"))
+    result = cli(["busy", "--", "true"], env)
+    assert result.returncode == 0, result.stderr
+    assert {s.authorization for s in fake.seen} == {"Bearer from-a-file-1234"}
+
+
+@pytest.mark.parametrize("command", ["state", "busy", "run"])
+def test_the_cli_refuses_a_bad_token_file_before_anything_runs(fake, tmp_path, command):
+    marker = tmp_path / "ran"
+    args = ["state"] if command == "state" else [command, "--", "touch", str(marker)]
+    env = env_for(fake.url, TASK_PROTECTION_TOKEN_FILE=token_file(tmp_path, b""))
+    result = cli(args, env)
+    assert result.returncode == 2
+    assert "TASK_PROTECTION_TOKEN_FILE" in one_line(result.stderr)
+    assert not marker.exists()
+    assert fake.seen == []
+
+
+def test_both_token_settings_are_a_usage_error(fake, tmp_path):
+    env = env_for(
+        fake.url,
+        TASK_PROTECTION_TOKEN="direct-1234",
+        TASK_PROTECTION_TOKEN_FILE=token_file(tmp_path, b"filed-1234"),
+    )
+    result = cli(["state"], env)
+    assert result.returncode == 2
+    assert "not both" in one_line(result.stderr)
+
+
+# ---- help ----------------------------------------------------------------------------------
+
+
+def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
+    top = build_parser()
+    found = [("ecs-protection", top)]
+    for action in top._actions:  # argparse keeps its subparsers there only
+        if isinstance(action, argparse._SubParsersAction):
+            found += [(f"ecs-protection {name}", sub) for name, sub in action.choices.items()]
+    return found
+
+
+def last_section(text: str) -> str:
+    return text.rstrip().rsplit("\n\n", 1)[-1]
+
+
+PARSERS = dict(every_parser())
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_every_help_ends_with_its_exit_codes_and_explains_every_option(name):
+    parser = PARSERS[name]
+    codes = last_section(parser.format_help()).splitlines()
+    assert codes[0] == "exit codes:"
+    assert any(line.split()[0] == "2" for line in codes[1:])  # usage errors, everywhere
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+        assert action.help != argparse.SUPPRESS
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_help_is_printed_with_exit_0_and_ends_with_the_exit_codes(name):
+    result = subprocess.run(
+        [*CLI, *name.split()[1:], "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert last_section(result.stdout).startswith("exit codes:")
+
+
+def test_busy_help_explains_the_lease_prefix():
+    text = PARSERS["ecs-protection busy"].format_help()
+    start = text.rindex("--lease-prefix")  # its entry, after the usage lines
+    option = text[start : text.index("--wait-seconds", start)]
+    assert "lease id" in option
+    assert "/state" in option
+
+
+def test_the_exit_codes_per_command():
+    helps = {name: last_section(parser.format_help()) for name, parser in PARSERS.items()}
+    for code in ("69", "75", "76", "77", "126", "127"):
+        assert f"  {code} " in helps["ecs-protection busy"]
+    for code in ("69", "76", "77"):
+        assert f"  {code} " in helps["ecs-protection state"]
+        assert f"  {code} " not in helps["ecs-protection run"]  # run never fails on the sidecar
+    for code in ("126", "127"):
+        assert f"  {code} " in helps["ecs-protection run"]

@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 from typing import TYPE_CHECKING, NoReturn
 
 from ecs_protection import _signals
@@ -58,10 +59,106 @@ class UsageError(Exception):
     """A bad flag or environment value: one line, exit 2."""
 
 
+# The end of each --help: what the command's exit status means.
+CMD_CODES = """\
+  N    CMD's own exit code, or 128+N when signal N ended it
+"""
+USAGE_CODE = """\
+  2    usage: a bad flag or environment value (one line on stderr); nothing started
+"""
+SIDECAR_CODES = """\
+  76   the sidecar answered an error, or something that is not its API (500, ...)
+  77   the sidecar refused the token (401, or 403)
+"""
+CMD_START_CODES = """\
+  126  CMD cannot be executed
+  127  CMD not found
+"""
+EXIT_CODES = {
+    "busy": CMD_CODES
+    + USAGE_CODE
+    + """\
+  69   protection is required (--require-protection) and not confirmed, the sidecar is
+       unreachable and TASK_PROTECTION_STRICT=1, or its lease table is full (429)
+  75   the task is stopping (the sidecar is draining): CMD was not started
+"""
+    + SIDECAR_CODES
+    + CMD_START_CODES,
+    "run": CMD_CODES
+    + USAGE_CODE
+    + CMD_START_CODES
+    + """\
+  (a sidecar that fails or cannot be reached never ends run: SIGTERM then goes on)
+""",
+    "state": """\
+  0    the state was printed
+"""
+    + USAGE_CODE
+    + """\
+  69   the sidecar is unreachable
+"""
+    + SIDECAR_CODES,
+}
+ALL_CODES = """\
+  CMD  busy and run: CMD's own exit code, or 128+N when signal N ended it
+"""
+ALL_CODES += USAGE_CODE + (
+    """\
+  69   state: the sidecar is unreachable; busy: protection is required and not
+       confirmed, the sidecar is unreachable when strict, or its lease table is full
+  75   busy: the task is stopping (the sidecar is draining): CMD was not started
+"""
+    + SIDECAR_CODES
+    + CMD_START_CODES
+)
+
+NOT_ON_THE_COMMAND_LINE = (
+    "--token is not accepted: a token on the command line shows in every process "
+    "listing; set TASK_PROTECTION_TOKEN, or TASK_PROTECTION_TOKEN_FILE to a file holding it"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, without argparse's usage block: the message names the problem.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _RefuseToken(argparse.Action):
+    """`--token` exists only to say where the token goes instead (never echoing it)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        del namespace, values, option_string  # the value is a secret: never used, never shown
+        parser.error(NOT_ON_THE_COMMAND_LINE)
+
+
+def _refuse_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        action=_RefuseToken,
+        nargs="?",
+        metavar="TOKEN",
+        help="refused (it would show in every process listing): set TASK_PROTECTION_TOKEN, "
+        "or TASK_PROTECTION_TOKEN_FILE to a file holding it",
+    )
+
+
+def _wrap(description: str) -> str:
+    # Wrapped here: the formatter keeps descriptions as written, for the exit code table.
+    return textwrap.fill(description, 79)
+
+
+def _epilog(codes: str) -> str:
+    return "exit codes:\n" + codes
+
+
+RAW = argparse.RawDescriptionHelpFormatter  # the exit codes are a table
 
 
 def seconds(*, positive: bool = False) -> Callable[[str], float]:
@@ -113,20 +210,40 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser; it reads no environment variable (main() does, with clear errors)."""
     parser = _Parser(
         prog="ecs-protection",
-        description="Talk to the ecs-protection sidecar (TASK_PROTECTION_URL, default "
-        "http://127.0.0.1:31680).",
+        formatter_class=RAW,
+        description=_wrap(
+            "Talk to the ecs-protection sidecar (TASK_PROTECTION_URL, default "
+            "http://127.0.0.1:31680; the token from TASK_PROTECTION_TOKEN or "
+            "TASK_PROTECTION_TOKEN_FILE)."
+        ),
+        epilog=_epilog(ALL_CODES),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    busy = commands.add_parser("busy", help="hold a lease while CMD runs; exit with its code")
+    _refuse_token(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    busy = commands.add_parser(
+        "busy",
+        help="hold a lease while CMD runs; exit with its code",
+        formatter_class=RAW,
+        description=_wrap(
+            "Hold a lease (the task stays protected from scale-in) while CMD runs; "
+            "signals are passed on to CMD."
+        ),
+        epilog=_epilog(EXIT_CODES["busy"]),
+    )
     busy.add_argument(
         "--ttl",
         type=_ttl,
         default=DEFAULT_TTL_SECONDS,
         help="lease TTL in seconds, 1 to 604800, refreshed every ttl/3 (0: none; default 60)",
     )
-    busy.add_argument("--lease-prefix", default="cli")
+    busy.add_argument(
+        "--lease-prefix",
+        default="cli",
+        metavar="PREFIX",
+        help="start of the lease id: each run takes its own lease, PREFIX-<16 hex digits>, "
+        "shown in the sidecar's /state and logs; name the job with it (default: cli)",
+    )
     busy.add_argument(
         "--wait-seconds",
         type=_wait,
@@ -140,11 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
         "when the sidecar is unreachable or does not confirm in time (75 draining, 76 a bad "
         "answer, 77 a refused token)",
     )
-    busy.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    busy.add_argument(
+        "cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run"
+    )
+    _refuse_token(busy)
 
     run = commands.add_parser(
         "run",
         help="PID-1 wrapper: forward signals, reap zombies, hold SIGTERM while busy",
+        formatter_class=RAW,
+        description=_wrap(
+            "Run CMD as a container's PID 1 would: forward every signal to it and reap "
+            "orphans. On the first SIGTERM, tell the sidecar to drain and hold SIGTERM "
+            "back from CMD while the sidecar reports leases held, for at most the hold "
+            "timeout; a second SIGTERM is forwarded at once."
+        ),
+        epilog=_epilog(EXIT_CODES["run"]),
     )
     run.add_argument(
         "--hold-timeout",
@@ -158,11 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-seconds",
         type=seconds(positive=True),
         default=0.5,
-        help="how often to ask the sidecar while holding SIGTERM",
+        help="how often to ask the sidecar while holding SIGTERM (default 0.5)",
     )
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    run.add_argument(
+        "cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run"
+    )
+    _refuse_token(run)
 
-    commands.add_parser("state", help="print the sidecar's state as JSON")
+    state = commands.add_parser(
+        "state",
+        help="print the sidecar's state as JSON",
+        formatter_class=RAW,
+        description=_wrap("Print the sidecar's GET /state document as JSON."),
+        epilog=_epilog(EXIT_CODES["state"]),
+    )
+    _refuse_token(state)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Everything that does no I/O: settings, request building, answer parsing, error mapping.
+"""Everything that does no network I/O: settings, request building, answer parsing, errors.
 
 The sync and async clients only send what this module builds and hand back what
 they receive; the behaviour is written once, here. Parsing is strict: an answer
@@ -15,6 +15,7 @@ import os
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ecs_protection import _fork
@@ -38,6 +39,8 @@ DEFAULT_URL = "http://127.0.0.1:31680"
 DEFAULT_WAIT_SECONDS = 10.0
 # The sidecar's own limit on `wait_seconds`: it answers 400 beyond.
 MAX_WAIT_SECONDS = 300.0
+# A token file holds one short line; a larger file is a wrong path (a log, a device).
+MAX_TOKEN_FILE_BYTES = 4096
 # Each call as a whole (connecting, sending, every byte of the answer) ends within the
 # sidecar's wait for confirmation (wait_seconds) plus this margin.
 REQUEST_MARGIN_SECONDS = 5.0
@@ -75,10 +78,7 @@ class Settings:
                 "url" if url else "TASK_PROTECTION_URL",
                 url or env.get("TASK_PROTECTION_URL") or DEFAULT_URL,
             ),
-            token=_checked_token(
-                "token" if token else "TASK_PROTECTION_TOKEN",
-                token or env.get("TASK_PROTECTION_TOKEN") or None,
-            ),
+            token=_checked_token("token", token) if token else _token_from(env),
             strict=strict if strict is not None else _flag(env.get("TASK_PROTECTION_STRICT")),
         )
 
@@ -94,6 +94,39 @@ def _checked_url(name: str, url: str) -> str:
             f"{name} must be an http:// URL with a host, such as {DEFAULT_URL}; not {url!r}"
         )
     return url.strip().rstrip("/")
+
+
+def _token_from(env: Mapping[str, str]) -> str | None:
+    """TASK_PROTECTION_TOKEN, or the content of the file TASK_PROTECTION_TOKEN_FILE names.
+
+    The file is what a mounted secret looks like; its one trailing newline (an editor's
+    or `echo`'s) is not part of the token.
+    """
+    token = env.get("TASK_PROTECTION_TOKEN") or None
+    path = env.get("TASK_PROTECTION_TOKEN_FILE") or None
+    if path is None:
+        return _checked_token("TASK_PROTECTION_TOKEN", token)
+    name = "TASK_PROTECTION_TOKEN_FILE"
+    if token is not None:
+        raise ConfigurationError(f"set TASK_PROTECTION_TOKEN or {name}, not both")
+    try:
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise ConfigurationError(f"{name}: {path!r} is longer than any token")
+    for newline in (b"\r\n", b"\n"):
+        if raw.endswith(newline):
+            raw = raw[: -len(newline)]
+            break
+    if not raw:
+        raise ConfigurationError(f"{name}: {path!r} is empty")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = "\ufffd"  # refused just below, with the same message as any other byte
+    return _checked_token(f"the token in {name}", text)
 
 
 def _checked_token(name: str, token: str | None) -> str | None:

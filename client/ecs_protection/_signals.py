@@ -8,8 +8,17 @@ time with sigtimedwait() in the supervisor's loop: no handler code ever runs. Wh
 there is no sigtimedwait (macOS), a handler only sets a flag in a preallocated dict
 (no lock, no allocation) and set_wakeup_fd() wakes the loop's select().
 
+Every signal that can be caught is forwarded, as tini does, except those a supervisor
+keeps: SIGCHLD (reaping); the ones a fault raises in the process itself (SIGFPE,
+SIGILL, SIGSEGV, SIGBUS, SIGABRT, SIGTRAP, SIGSYS: blocking them is undefined, and a
+fault must end the supervisor); and SIGTTIN/SIGTTOU, which are ignored so that the
+supervisor never stops on its terminal after handing it to CMD (see _terminal). A
+signal the supervisor raised against itself (SIGPIPE from a write to a closed pipe,
+SIGXFSZ) concerns it alone and is not forwarded.
+
 CMD is started with posix_spawn, which sets the child's signal mask back to what it
-was before the block, and resets SIGPIPE (which Python ignores) to its default.
+was before the block, and resets to their defaults the signals ignored here (SIGPIPE
+and SIGXFSZ by Python, SIGTTIN and SIGTTOU by us): ignored ones survive exec.
 """
 
 from __future__ import annotations
@@ -18,27 +27,43 @@ import contextlib
 import os
 import select
 import signal
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ecs_protection._terminal import Terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from types import FrameType
 
-# Everything a supervisor might send that the app should see. SIGKILL and SIGSTOP
-# cannot be caught; SIGCHLD is ours (reaping).
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCONT,
-    signal.SIGALRM,
+# Kept by the supervisor (see the module docstring); SIGKILL and SIGSTOP cannot be caught.
+KEPT = frozenset(
+    {
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGCHLD,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGABRT,
+        signal.SIGTRAP,
+        signal.SIGSYS,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+    }
 )
+IGNORED = (signal.SIGTTIN, signal.SIGTTOU)
+# Real-time signals included: valid_signals() lists every number this system has.
+FORWARDED = tuple(sorted(signal.valid_signals() - KEPT))
 TAKEN = (*FORWARDED, signal.SIGCHLD)
+# Ignored in this process, to be reset in CMD.
+RESET_IN_CMD = (
+    signal.SIGPIPE,
+    *([signal.SIGXFSZ] if hasattr(signal, "SIGXFSZ") else []),
+    *IGNORED,
+)
 
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
@@ -52,12 +77,17 @@ class SignalSource(Protocol):
     def wait(self, timeout: float) -> list[int]:
         """The signals that arrived, waiting up to `timeout` seconds for the first."""
 
+    def wake(self) -> None:
+        """Make a wait() in progress return: callable from any thread."""
+
 
 class BlockedSignals:
     """Block `signals` in this thread (and threads it starts later); take them with sigtimedwait."""
 
     def __init__(self, signals: Iterable[int] = TAKEN) -> None:
         self._signals = set(signals)
+        self._pid = os.getpid()
+        self._waiter = threading.get_ident()
         self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, self._signals)
 
     @property
@@ -66,17 +96,21 @@ class BlockedSignals:
 
     def wait(self, timeout: float) -> list[int]:
         info = signal.sigtimedwait(self._signals, max(0.0, timeout))
-        if info is None:
-            return []
-        got = [info.si_signo]
-        # What else is pending now: each standard signal is pending at most once, so
-        # this is bounded even while a storm goes on (the loop then reaps and returns).
+        got: list[int] = []
+        # What else is pending now: each standard signal is pending at most once, and
+        # real-time ones are taken at most once a round, so this is bounded even while
+        # a storm goes on (the loop then reaps and returns).
         for _ in self._signals:
-            info = signal.sigtimedwait(self._signals, 0)
             if info is None:
                 break
-            got.append(info.si_signo)
+            if info.si_pid != self._pid or info.si_signo == signal.SIGCHLD:
+                got.append(info.si_signo)
+            info = signal.sigtimedwait(self._signals, 0)
         return got
+
+    def wake(self) -> None:
+        # A SIGCHLD to the waiting thread: the loop reaps and looks at its state anyway.
+        signal.pthread_kill(self._waiter, signal.SIGCHLD)
 
 
 class WakeupSignals:
@@ -89,8 +123,10 @@ class WakeupSignals:
         os.set_blocking(self._read, False)
         os.set_blocking(write, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._waiter = threading.get_ident()
         for signum in self._order:
-            signal.signal(signum, self._flag)
+            with contextlib.suppress(OSError, ValueError):  # one this platform does not allow
+                signal.signal(signum, self._flag)
 
     @property
     def child_mask(self) -> set[int]:
@@ -113,8 +149,13 @@ class WakeupSignals:
                 got.append(signum)
         return got
 
+    def wake(self) -> None:
+        signal.pthread_kill(self._waiter, signal.SIGCHLD)
+
 
 def signal_source(signals: Iterable[int] = TAKEN) -> SignalSource:
+    for signum in IGNORED:
+        signal.signal(signum, signal.SIG_IGN)
     if hasattr(signal, "sigtimedwait"):
         return BlockedSignals(signals)
     return WakeupSignals(signals)  # pragma: no cover - not Linux
@@ -124,22 +165,32 @@ def signal_source(signals: Iterable[int] = TAKEN) -> SignalSource:
 class Child:
     pid: int
     returncode: int | None = None
+    terminal: Terminal | None = None  # handed to CMD's own process group
 
 
 def spawn(cmd: list[str], source: SignalSource, log_error: Callable[[str], None]) -> Child | int:
-    """Start CMD (searched on PATH); an exit code (126/127) when it cannot be started."""
-    resets = [signal.SIGPIPE] + ([signal.SIGXFSZ] if hasattr(signal, "SIGXFSZ") else [])
+    """Start CMD (searched on PATH); an exit code (126/127) when it cannot be started.
+
+    On a terminal whose foreground group this process is in, CMD gets a process group
+    of its own and the terminal (see _terminal).
+    """
+    terminal = Terminal.in_foreground()
+    options: dict[str, Any] = {"setsigmask": source.child_mask, "setsigdef": RESET_IN_CMD}
+    if terminal is not None:
+        options["setpgroup"] = 0  # a group of its own (None is refused: leave it out)
     try:
-        pid = os.posix_spawnp(
-            cmd[0], cmd, os.environ, setsigmask=source.child_mask, setsigdef=resets
-        )
-    except FileNotFoundError:
-        log_error(f"command not found: {cmd[0]}")
-        return EXIT_NOT_FOUND
+        pid = os.posix_spawnp(cmd[0], cmd, os.environ, **options)
     except OSError as exc:
+        if terminal is not None:
+            terminal.take_back()
+        if isinstance(exc, FileNotFoundError):
+            log_error(f"command not found: {cmd[0]}")
+            return EXIT_NOT_FOUND
         log_error(f"cannot execute {cmd[0]}: {exc}")
         return EXIT_CANNOT_EXECUTE
-    return Child(pid)
+    if terminal is not None:
+        terminal.give(pid)
+    return Child(pid, terminal=terminal)
 
 
 def exit_code(status: int) -> int:
@@ -150,15 +201,23 @@ def exit_code(status: int) -> int:
 
 def reap(child: Child, *, everyone: bool) -> int | None:
     """Collect exited children (all of them, or only CMD); CMD's exit code once it exited."""
+    # Stops are reported only with a terminal, for job control (see Terminal.stopped).
+    flags = os.WNOHANG | (os.WUNTRACED if child.terminal is not None else 0)
     while True:
         try:
-            pid, status = os.waitpid(-1 if everyone else child.pid, os.WNOHANG)
+            pid, status = os.waitpid(-1 if everyone else child.pid, flags)
         except ChildProcessError:
             return child.returncode
         if pid == 0:
             return child.returncode
+        if os.WIFSTOPPED(status):
+            if pid == child.pid and child.terminal is not None:
+                child.terminal.stopped(pid, os.WSTOPSIG(status))
+            continue
         if pid == child.pid:
             child.returncode = exit_code(status)
+            if child.terminal is not None:
+                child.terminal.take_back()
             if not everyone:
                 return child.returncode
 
