@@ -22,8 +22,10 @@ What it does (the README's Celery section says it for operators):
   `celery control cancel_consumer` does), so tasks sent afterwards stay on the broker
   untouched; messages it had prefetched are put back as above, or by the broker when
   the worker stops.
-- SIGTERM is Celery's own warm shutdown, untouched: running tasks finish (and release
-  their leases), then the worker exits 0.
+- SIGTERM is Celery's own warm shutdown: running tasks finish (and release their
+  leases), then the worker exits 0. A task whose body has not started when the
+  shutdown begins (`worker_shutting_down`) takes no lease and goes back to the broker
+  instead of running (see _celery_shutdown: otherwise it could run twice).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from celery import bootsteps, signals
 from celery.exceptions import Ignore, Reject
+from celery.utils.imports import symbol_by_name
 
+from ecs_protection import _celery_shutdown
 from ecs_protection._busy import default_client
 from ecs_protection._errors import TaskDrainingError
 from ecs_protection._frameworks import DEFAULT_TTL_SECONDS, LeaseOptions
@@ -92,6 +96,7 @@ def protect(  # noqa: PLR0913  (all keyword options)
         raise RuntimeError(f"ecs_protection.celery.protect() was already called for {app!r}")
     protection = _Protection(lease, drain_poll_seconds)
     _protections[app] = protection
+    _celery_shutdown.install()  # before the pool forks: its children share the flag
 
     def on_finalize(sender: Celery, **_: object) -> None:
         _wrap_tasks(sender, protection)
@@ -127,6 +132,9 @@ def _wrap(task: Task[Any, Any], protection: _Protection) -> None:
     # An instance attribute: the tracer calls `task.run` (or `task.__call__`, which calls
     # `self.run`), so every base class and custom __call__ goes through it.
     task.run = _protected(task, task.run, protection)  # type: ignore[method-assign]
+    # The worker's main process builds each task's requests from this class (read when
+    # its consumer starts, after the tasks are wrapped); `Request` is a class or its name.
+    task.Request = _celery_shutdown.request_class(symbol_by_name(task.Request))  # type: ignore[assignment]
 
 
 def _protected(
@@ -137,6 +145,13 @@ def _protected(
         request = task.request
         if request.called_directly or request.is_eager:
             return run(*args, **kwargs)  # not a worker's delivery: nothing to put back
+        if _celery_shutdown.began():
+            log.info(
+                "task %s[%s] not started: the worker is shutting down; requeued",
+                task.name,
+                request.id,
+            )
+            raise _celery_shutdown.NotStarted("the worker is shutting down", requeue=True)
         try:
             held = protection.lease.hold("celery", request.id or "")
         except TaskDrainingError:
