@@ -40,6 +40,57 @@ def test_importing_ecs_protection_imports_no_framework():
     assert result.returncode == 0, result.stderr
 
 
+def run_python(code: str) -> str:
+    """`python -c code` in a fresh interpreter: what it printed (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_ecs_protection_imports_no_asyncio_until_the_async_client_is_used():
+    """asyncio is most of the import time, and only the async client needs it."""
+    assert run_python("import ecs_protection, sys; print('asyncio' in sys.modules)") == "False"
+    used = "import ecs_protection, sys; ecs_protection.AsyncClient; print('asyncio' in sys.modules)"
+    assert run_python(used) == "True"
+
+
+@pytest.mark.parametrize("framework", ["celery", "rq", "dramatiq"])
+def test_each_integration_is_an_attribute_of_the_package_imported_on_first_use(framework):
+    """`import ecs_protection` then `ecs_protection.celery.protect(app)` works (PEP 562),
+    and only the integration used is imported."""
+    code = (
+        "import sys, ecs_protection\n"
+        "others = {'celery', 'rq', 'dramatiq'} - {sys.argv[1]}\n"
+        "module = getattr(ecs_protection, sys.argv[1])\n"
+        "assert module is sys.modules['ecs_protection.' + sys.argv[1]], module\n"
+        "assert not {'ecs_protection.' + name for name in others} & set(sys.modules)\n"
+        "assert sys.argv[1] in dir(ecs_protection)\n"
+        "print(module.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, framework],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ecs_protection.{framework}"
+
+
+def test_an_unknown_attribute_of_the_package_is_still_an_attribute_error():
+    assert (
+        run_python(
+            "import ecs_protection\n"
+            "try:\n    ecs_protection.flask\n"
+            "except AttributeError as exc:\n    print(exc)"
+        )
+        == "module 'ecs_protection' has no attribute 'flask'"
+    )
+
+
 def test_the_client_distribution_declares_each_framework_as_an_extra():
     text = (ROOT / "client" / "pyproject.toml").read_text()
     import tomllib  # noqa: PLC0415  (3.11+, as the repository's own tests)
