@@ -103,3 +103,46 @@ def shutdown_race(
     started = Counter(r["job"] for r in redis_db.records() if r["event"] == "start")
     on_broker = Counter(queued(redis_db)) + Counter(unacked(redis_db))
     return jobs, ShutdownOutcome(started, on_broker, worker.output)
+
+
+HANDED_BACK = "not started: the ECS task is draining; sent again"
+
+
+def drain_among_short_tasks(
+    redis_db: RedisDb, sidecar: SidecarProcess, *, tasks: int = 400, poll_seconds: float = 1.0
+) -> tuple[int, int, str]:
+    """POST /drain while a prefork worker (2 children, acks_late off) runs short tasks.
+
+    Returns how many tasks were handed back (published again) after the drain, how many
+    recorded a draining sidecar at their start (their lease taken just before the drain),
+    and the worker's output. The drain is seen by a GET /state every
+    `poll_seconds` (the default) or by the first task refused its lease.
+    """
+    producer = Celery("producer", broker=redis_db.url)
+    try:
+        for _ in range(tasks):
+            producer.send_task(TASK, args=(0, 0))
+    finally:
+        producer.close()
+    worker = celery_worker(
+        redis_db,
+        sidecar,
+        "prefork",
+        "-c",
+        "2",
+        "--prefetch-multiplier",
+        "1",  # at most 2 messages fetched ahead: what a prompt stop still hands back
+        PROBE_DRAIN_POLL=str(poll_seconds),
+    )
+    try:
+        wait_until(lambda: len(redis_db.records()) >= 20, timeout=60, what="20 tasks ran")
+        assert sidecar.post("/drain").status_code == 200
+        worker.wait_for_output("the ECS task is draining: not taking tasks from celery")
+        # Every message the worker had fetched is handed back when its turn comes.
+        wait_until(lambda: redis_db.client.hlen("unacked") == 0, timeout=60, what="no unacked")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output
+    finally:
+        worker.stop()
+    started_after = sum(r["draining"] for r in redis_db.records())
+    return worker.output.count(HANDED_BACK), started_after, worker.output

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from celery import Celery
 
-from tests.celery_scenarios import shutdown_race
+from tests.celery_scenarios import drain_among_short_tasks, shutdown_race
 from tests.framework_support import (
     BIN,
     ROOT,
@@ -137,6 +137,16 @@ def test_sigterm_as_tasks_start_runs_each_task_once_or_leaves_it_on_the_broker(
         jobs, outcome = shutdown_race(redis_db_factory(), sidecar)
         runs = {job: outcome.runs(job) for job in jobs}
         assert [job for job, n in runs.items() if n != 1] == [], (runs, outcome.output)
+
+
+def test_the_first_task_refused_by_a_drain_stops_the_worker_taking_tasks(redis_db, sidecar):
+    """POST /drain while 2 prefork children run short tasks, the sidecar polled only every
+    second: the first refused lease stops the consumers at once, so only what the worker
+    had fetched ahead (2 messages, and the 2 in its children) is handed back, not every
+    task it could fetch before a poll saw the drain (20 with the former 1 s poll plus 1 s
+    timer). A count, not a duration: a slow machine refuses fewer per second."""
+    handed_back, _, output = drain_among_short_tasks(redis_db, sidecar, poll_seconds=1.0)
+    assert 1 <= handed_back <= 10, output
 
 
 def test_prefork_children_of_a_parent_that_used_the_client_make_no_error_in_300_tasks(
