@@ -9,14 +9,18 @@ from typing import Any
 
 import pytest
 import redis
+from billiard.einfo import ExceptionInfo
 from celery import Celery
+from celery import signals as celery_signals
 from celery.app.trace import build_tracer
+from celery.utils.imports import symbol_by_name
 from dramatiq import Message, MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 from rq import Queue
 
-from ecs_protection import Client, TooManyLeasesError
+from ecs_protection import Client, TooManyLeasesError, _celery_shutdown
+from ecs_protection._celery_shutdown import NotStarted
 from ecs_protection._frameworks import lease_prefix
 from ecs_protection.celery import protect
 from ecs_protection.dramatiq import EcsProtection, LeaseRefusedError
@@ -297,3 +301,89 @@ def test_rq_a_lease_refused_for_another_reason_puts_the_job_back_and_stops(fake,
     assert f"job {job} not started: no lease (429 TooManyLeases" in worker.output
     assert queue.get_job_ids() == [job]
     assert queue.failed_job_registry.get_job_ids() == []
+
+
+def test_celery_a_task_not_started_when_the_shutdown_began_takes_no_lease_and_requeues(fake):
+    """From worker_shutting_down, the next task does not run: no lease, a requeueing Reject
+    (NotStarted), not a failure; before it, the same task runs inside its lease."""
+    app = Celery("stopping", set_as_current=False)
+    protect(app, client=Client(fake.url))
+    ran = []
+
+    @app.task(shared=False)
+    def job() -> None:
+        ran.append(1)
+
+    app.finalize()
+    traced(job)
+    assert ran == [1]
+    assert len(fake.posts("/busy")) == 1
+
+    celery_signals.worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm")
+    try:
+        outcome = traced(job)
+    finally:
+        _celery_shutdown._shutting_down._page[0] = 0  # type: ignore[union-attr]
+    assert outcome.info.state == "REJECTED"
+    assert isinstance(outcome.info.retval, NotStarted)
+    assert outcome.info.retval.requeue is True
+    assert ran == [1]
+    assert len(fake.posts("/busy")) == 1  # no second lease
+
+
+def delivered(connection: Any, task: Any) -> Any:
+    """The task sent to the in-memory broker and received as the worker's main process
+    receives it: a Request of the task's (protected) Request class."""
+    task.apply_async(args=(7,), task_id="put-back-1", queue="jobs")
+    message = connection.SimpleQueue("jobs").get(timeout=5)
+    request_class = symbol_by_name(task.Request)
+    return request_class(
+        message,
+        app=task.app,
+        task=task,
+        on_ack=lambda *_: message.ack(),
+        on_reject=lambda *_: message.reject(requeue=True),
+        body=message.body,
+        headers=message.headers,
+        decoded=False,
+    )
+
+
+def not_started() -> ExceptionInfo:
+    try:
+        raise NotStarted("the worker is shutting down", requeue=True)  # noqa: TRY301
+    except NotStarted:
+        return ExceptionInfo()
+
+
+def queued_ids(connection: Any) -> list[str]:
+    found = []
+    queue = connection.SimpleQueue("jobs")
+    while True:
+        try:
+            message = queue.get(timeout=0.5)
+        except queue.Empty:
+            return found
+        found.append(message.headers["id"])
+        message.ack()
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acked-before", "not-acked"])
+def test_celery_a_task_acknowledged_before_it_was_not_started_is_published_again(acknowledged):
+    """The main process's side of NotStarted: a message acknowledged already (the child
+    accepted it before the shutdown began) is published again, same id and arguments;
+    one not acknowledged is rejected with requeue, which puts that very message back."""
+    app = Celery("putback", broker="memory://", set_as_current=False)
+    protect(app, client=Client("http://127.0.0.1:1"))
+
+    @app.task(shared=False, name="jobs.put_back")
+    def job(n: int) -> int:
+        return n
+
+    app.finalize()
+    with app.connection_for_read() as connection:
+        request = delivered(connection, job)
+        if acknowledged:
+            request.acknowledge()
+        request.on_failure(not_started())
+        assert queued_ids(connection) == ["put-back-1"]  # once: nothing lost, nothing doubled
