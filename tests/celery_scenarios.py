@@ -63,6 +63,11 @@ class ShutdownOutcome:
         """Tasks the shutdown found not started, sent back instead of run."""
         return self.output.count("not started: the worker is shutting down")
 
+    @property
+    def acknowledged_at_the_end(self) -> int:
+        """Tasks a child started whose message the main process acknowledged only at the end."""
+        return self.output.count("ran during the shutdown: its message is acknowledged")
+
     def runs(self, job: str) -> int:
         """Times the task ran or will run: its starts plus the copies still to deliver."""
         return self.started[job] + self.on_broker[job]

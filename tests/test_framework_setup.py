@@ -387,3 +387,33 @@ def test_celery_a_task_acknowledged_before_it_was_not_started_is_published_again
             request.acknowledge()
         request.on_failure(not_started())
         assert queued_ids(connection) == ["put-back-1"]  # once: nothing lost, nothing doubled
+
+
+class _PoolChild:
+    index = 3  # what billiard gives the current process in a prefork child
+
+
+def test_celery_a_task_a_child_started_is_acknowledged_at_the_shutdowns_end(monkeypatch):
+    """A child starts a task as the shutdown begins, and the main process never reads its
+    word: at the end (before the connection closes and restores what is unacknowledged)
+    the main process acknowledges that task's message, and only that one."""
+    app = Celery("ending", broker="memory://", set_as_current=False)
+    protect(app, client=Client("http://127.0.0.1:1"))
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("jobs")
+        for task_id in ("ran-1", "waiting-1"):
+            app.send_task("jobs.any", task_id=task_id, queue="jobs")
+        ran, waiting = queue.get(timeout=5), queue.get(timeout=5)
+        monkeypatch.setattr(_celery_shutdown, "current_process", _PoolChild)
+        _celery_shutdown.note_start("ran-1")
+        flag = _celery_shutdown._shutting_down
+        assert flag is not None
+        _celery_shutdown.acknowledge_started(queue.consumer.channel)
+        assert not ran.acknowledged  # no shutdown: nothing done
+        celery_signals.worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm")
+        try:
+            _celery_shutdown.acknowledge_started(queue.consumer.channel)
+        finally:
+            flag._page[0] = 0
+        assert ran.acknowledged
+        assert not waiting.acknowledged

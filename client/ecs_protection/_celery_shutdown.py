@@ -16,14 +16,23 @@ and raises `NotStarted` (a requeueing `Reject`) instead of running:
   close restores it (Redis, and RabbitMQ, put back what was not acknowledged);
 - it was acknowledged before the flag was set (the child took a moment between
   accepting and starting it): the main process publishes it again, as a drain does.
+
+The other side of the same race: a child starts a task just before the flag is set,
+and the main process, stopping, never reads that child's word that it accepted it, so
+the message would be restored although the task ran. Each child therefore notes the
+task it starts in a slot of the shared page, and at the end of the shutdown, before
+the connection closes, the main process acknowledges the messages still unacknowledged
+of tasks that a child started (see acknowledge_started).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mmap
 from typing import TYPE_CHECKING, Any
 
+from billiard.process import current_process
 from celery import signals
 from celery.exceptions import Reject
 
@@ -37,21 +46,44 @@ class NotStarted(Reject):
     """Raised instead of running a task that a warm shutdown found not started."""
 
 
+_DIGEST = 16  # bytes of a task id's hash: a slot's size
+_SLOTS = 1024  # pool children (by index) that can note their task: -c 1024 at most
+_FIRST_SLOT = 64
+
+
+def _digest(task_id: str) -> bytes:
+    return hashlib.blake2b(task_id.encode(), digest_size=_DIGEST).digest()
+
+
 class _SharedFlag:
-    """One byte of anonymous shared memory: what the main process sets, pool children read.
+    """Anonymous shared memory: the flag the main process sets, and per pool child the
+    task it started last (a hash of its id), which the main process reads.
 
     Made before the pool forks (at protect()), so that every child, including those
-    forked later to replace others, maps the same page.
+    forked later to replace others, maps the same pages.
     """
 
     def __init__(self) -> None:
-        self._page = mmap.mmap(-1, 1)  # MAP_SHARED: a write is seen by every fork
+        # MAP_SHARED: a write is seen by every fork.
+        self._page = mmap.mmap(-1, _FIRST_SLOT + _SLOTS * _DIGEST)
 
     def set(self) -> None:
         self._page[0] = 1  # one byte: safe to write from a signal handler
 
     def is_set(self) -> bool:
         return self._page[0] == 1
+
+    def note_start(self, slot: int, task_id: str) -> None:
+        at = _FIRST_SLOT + slot * _DIGEST
+        self._page[at : at + _DIGEST] = _digest(task_id)
+
+    def started(self, task_id: str) -> bool:
+        wanted = _digest(task_id)
+        page = self._page
+        return any(
+            page[at : at + _DIGEST] == wanted
+            for at in range(_FIRST_SLOT, _FIRST_SLOT + _SLOTS * _DIGEST, _DIGEST)
+        )
 
 
 _shutting_down: _SharedFlag | None = None
@@ -73,6 +105,34 @@ def _on_worker_shutting_down(**_: object) -> None:
 def began() -> bool:
     """Whether this worker (main process or pool child) is in a shutdown."""
     return _shutting_down is not None and _shutting_down.is_set()
+
+
+def note_start(task_id: str) -> None:
+    """In a pool child: this task starts (only prefork children have an index)."""
+    index = getattr(current_process(), "index", None)
+    if _shutting_down is not None and isinstance(index, int) and 0 <= index < _SLOTS:
+        _shutting_down.note_start(index, task_id)
+
+
+def acknowledge_started(channel: object) -> None:
+    """At the end of a shutdown: acknowledge what a child started but nobody acknowledged.
+
+    `channel` is the task consumer's; kombu's virtual transports (Redis, SQS) keep the
+    messages delivered and not acknowledged in `qos._delivered`, which the connection's
+    close puts back on the queue. Other transports: nothing to do here (nothing read).
+    """
+    if _shutting_down is None or not _shutting_down.is_set():
+        return
+    delivered = getattr(getattr(channel, "qos", None), "_delivered", None)
+    if not isinstance(delivered, dict):
+        return
+    for message in list(delivered.values()):
+        task_id = (getattr(message, "headers", None) or {}).get("id")
+        if not isinstance(task_id, str) or message.acknowledged:
+            continue
+        if _shutting_down.started(task_id):
+            message.ack()
+            log.info("task %s ran during the shutdown: its message is acknowledged", task_id)
 
 
 def request_class(base: type[Request]) -> type[Request]:

@@ -184,6 +184,7 @@ def _protected(
                 request.id,
             )
             raise _celery_shutdown.NotStarted("the worker is shutting down", requeue=True)
+        _celery_shutdown.note_start(request.id or "")
         try:
             held = protection.lease.hold("celery", request.id or "")
         except TaskDrainingError:
@@ -260,6 +261,14 @@ class DrainWatch(bootsteps.StartStopStep):
                 protection.drain_poll_seconds, self._stop_consuming_if_draining, (parent,)
             )
 
+    def shutdown(self, parent: _Consumer) -> None:
+        self.stop(parent)
+        # The pool has finished by now; the broker connection closes next (and puts
+        # back what is not acknowledged).
+        task_consumer: Any = parent.task_consumer
+        if task_consumer is not None:
+            _celery_shutdown.acknowledge_started(task_consumer.channel)
+
     def stop(self, parent: _Consumer) -> None:  # noqa: ARG002  (a bootstep's signature)
         if self._hub is not None and self._notice is not None:
             self._hub.remove_reader(self._notice.fileno)
@@ -270,8 +279,6 @@ class DrainWatch(bootsteps.StartStopStep):
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-
-    shutdown = stop
 
     def _stop_consuming_if_draining(self, consumer: _Consumer) -> None:
         if self._notice is None or not self._notice.listen():
