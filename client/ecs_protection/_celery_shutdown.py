@@ -32,14 +32,20 @@ import logging
 import mmap
 from typing import TYPE_CHECKING, Any
 
-from billiard.process import current_process
+import billiard.process
 from celery import signals
 from celery.exceptions import Reject
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from celery.worker.request import Request
 
 log = logging.getLogger("ecs_protection")
+
+# The pool's process (its `index` is the child's place in the pool). Looked up by name:
+# celery-types' billiard stubs declare it in some versions only.
+current_process: Callable[[], object] = vars(billiard.process)["current_process"]
 
 
 class NotStarted(Reject):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import threading
@@ -42,7 +43,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from celery import bootsteps, signals
 from celery.exceptions import Ignore, Reject
-from celery.utils.imports import symbol_by_name
 
 from ecs_protection import _celery_shutdown
 from ecs_protection._busy import default_client
@@ -165,8 +165,20 @@ def _wrap(task: Task[Any, Any], protection: _Protection) -> None:
     # `self.run`), so every base class and custom __call__ goes through it.
     task.run = _protected(task, task.run, protection)  # type: ignore[method-assign]
     # The worker's main process builds each task's requests from this class (read when
-    # its consumer starts, after the tasks are wrapped); `Request` is a class or its name.
-    task.Request = _celery_shutdown.request_class(symbol_by_name(task.Request))  # type: ignore[assignment]
+    # its consumer starts, after the tasks are wrapped). Set by name: celery-types'
+    # stubs declare Task.Request in some versions only.
+    setattr(task, "Request", _celery_shutdown.request_class(_request_base(task)))  # noqa: B010
+
+
+def _request_base(task: Task[Any, Any]) -> type[Any]:
+    """The task's Request class: Celery takes the class or its name (`module:Class`)."""
+    named: object = getattr(task, "Request", "celery.worker.request:Request")
+    if not isinstance(named, str):
+        return named  # type: ignore[return-value]
+    module, colon, name = named.partition(":")
+    if not colon:
+        module, _, name = named.rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def _protected(
