@@ -35,6 +35,21 @@ def redis_db(redis_server: RedisServer) -> Iterator[RedisDb]:
 
 
 @pytest.fixture
+def redis_db_factory(redis_server: RedisServer) -> Iterator[Callable[[], RedisDb]]:
+    """Fresh databases, for a test that repeats a scenario."""
+    clients: list[redis.Redis] = []
+
+    def new() -> RedisDb:
+        url = redis_server.url(redis_server.new_db())
+        clients.append(redis.Redis.from_url(url))
+        return RedisDb(url, clients[-1])
+
+    yield new
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
 def sidecar() -> Iterator[SidecarProcess]:
     """The real sidecar, local backend: protection is confirmed at once."""
     process = SidecarProcess().start()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from celery import Celery
 
+from tests.celery_scenarios import drain_among_short_tasks, shutdown_race
 from tests.framework_support import (
     BIN,
     ROOT,
@@ -124,6 +125,28 @@ def test_draining_sends_tasks_back_to_the_broker_unrun_and_not_failed(
     states = [state(redis_db, job) for job in (running, prefetched, offered_after)]
     assert states == ["SUCCESS", "PENDING", "PENDING"]  # nothing marked failed
     assert lease_names(sidecar) == []
+
+
+def test_sigterm_as_tasks_start_runs_each_task_once_or_leaves_it_on_the_broker(
+    redis_db_factory, sidecar
+):
+    """The race itself, a few times (benchmarks/celery_shutdown_race.py repeats it): SIGTERM
+    to a prefork worker (acks_late off) while short tasks start one after another. Every
+    task ran or is on the broker to run later, exactly once; none is lost."""
+    for _ in range(3):
+        jobs, outcome = shutdown_race(redis_db_factory(), sidecar)
+        runs = {job: outcome.runs(job) for job in jobs}
+        assert [job for job, n in runs.items() if n != 1] == [], (runs, outcome.output)
+
+
+def test_the_first_task_refused_by_a_drain_stops_the_worker_taking_tasks(redis_db, sidecar):
+    """POST /drain while 2 prefork children run short tasks, the sidecar polled only every
+    second: the first refused lease stops the consumers at once, so only what the worker
+    had fetched ahead (2 messages, and the 2 in its children) is handed back, not every
+    task it could fetch before a poll saw the drain (20 with the former 1 s poll plus 1 s
+    timer). A count, not a duration: a slow machine refuses fewer per second."""
+    handed_back, _, output = drain_among_short_tasks(redis_db, sidecar, poll_seconds=1.0)
+    assert 1 <= handed_back <= 10, output
 
 
 def test_prefork_children_of_a_parent_that_used_the_client_make_no_error_in_300_tasks(

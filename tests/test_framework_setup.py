@@ -9,14 +9,18 @@ from typing import Any
 
 import pytest
 import redis
+from billiard.einfo import ExceptionInfo
 from celery import Celery
+from celery import signals as celery_signals
 from celery.app.trace import build_tracer
+from celery.utils.imports import symbol_by_name
 from dramatiq import Message, MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 from rq import Queue
 
-from ecs_protection import Client, TooManyLeasesError
+from ecs_protection import Client, TooManyLeasesError, _celery_shutdown
+from ecs_protection._celery_shutdown import NotStarted
 from ecs_protection._frameworks import lease_prefix
 from ecs_protection.celery import protect
 from ecs_protection.dramatiq import EcsProtection, LeaseRefusedError
@@ -38,6 +42,57 @@ def test_importing_ecs_protection_imports_no_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def run_python(code: str) -> str:
+    """`python -c code` in a fresh interpreter: what it printed (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_ecs_protection_imports_no_asyncio_until_the_async_client_is_used():
+    """asyncio is most of the import time, and only the async client needs it."""
+    assert run_python("import ecs_protection, sys; print('asyncio' in sys.modules)") == "False"
+    used = "import ecs_protection, sys; ecs_protection.AsyncClient; print('asyncio' in sys.modules)"
+    assert run_python(used) == "True"
+
+
+@pytest.mark.parametrize("framework", ["celery", "rq", "dramatiq"])
+def test_each_integration_is_an_attribute_of_the_package_imported_on_first_use(framework):
+    """`import ecs_protection` then `ecs_protection.celery.protect(app)` works (PEP 562),
+    and only the integration used is imported."""
+    code = (
+        "import sys, ecs_protection\n"
+        "others = {'celery', 'rq', 'dramatiq'} - {sys.argv[1]}\n"
+        "module = getattr(ecs_protection, sys.argv[1])\n"
+        "assert module is sys.modules['ecs_protection.' + sys.argv[1]], module\n"
+        "assert not {'ecs_protection.' + name for name in others} & set(sys.modules)\n"
+        "assert sys.argv[1] in dir(ecs_protection)\n"
+        "print(module.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, framework],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ecs_protection.{framework}"
+
+
+def test_an_unknown_attribute_of_the_package_is_still_an_attribute_error():
+    assert (
+        run_python(
+            "import ecs_protection\n"
+            "try:\n    ecs_protection.flask\n"
+            "except AttributeError as exc:\n    print(exc)"
+        )
+        == "module 'ecs_protection' has no attribute 'flask'"
+    )
 
 
 def test_the_client_distribution_declares_each_framework_as_an_extra():
@@ -246,3 +301,119 @@ def test_rq_a_lease_refused_for_another_reason_puts_the_job_back_and_stops(fake,
     assert f"job {job} not started: no lease (429 TooManyLeases" in worker.output
     assert queue.get_job_ids() == [job]
     assert queue.failed_job_registry.get_job_ids() == []
+
+
+def test_celery_a_task_not_started_when_the_shutdown_began_takes_no_lease_and_requeues(fake):
+    """From worker_shutting_down, the next task does not run: no lease, a requeueing Reject
+    (NotStarted), not a failure; before it, the same task runs inside its lease."""
+    app = Celery("stopping", set_as_current=False)
+    protect(app, client=Client(fake.url))
+    ran = []
+
+    @app.task(shared=False)
+    def job() -> None:
+        ran.append(1)
+
+    app.finalize()
+    traced(job)
+    assert ran == [1]
+    assert len(fake.posts("/busy")) == 1
+
+    celery_signals.worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm")
+    try:
+        outcome = traced(job)
+    finally:
+        _celery_shutdown._shutting_down._page[0] = 0  # type: ignore[union-attr]
+    assert outcome.info.state == "REJECTED"
+    assert isinstance(outcome.info.retval, NotStarted)
+    assert outcome.info.retval.requeue is True
+    assert ran == [1]
+    assert len(fake.posts("/busy")) == 1  # no second lease
+
+
+def delivered(connection: Any, task: Any) -> Any:
+    """The task sent to the in-memory broker and received as the worker's main process
+    receives it: a Request of the task's (protected) Request class."""
+    task.apply_async(args=(7,), task_id="put-back-1", queue="jobs")
+    message = connection.SimpleQueue("jobs").get(timeout=5)
+    request_class = symbol_by_name(task.Request)
+    return request_class(
+        message,
+        app=task.app,
+        task=task,
+        on_ack=lambda *_: message.ack(),
+        on_reject=lambda *_: message.reject(requeue=True),
+        body=message.body,
+        headers=message.headers,
+        decoded=False,
+    )
+
+
+def not_started() -> ExceptionInfo:
+    try:
+        raise NotStarted("the worker is shutting down", requeue=True)  # noqa: TRY301
+    except NotStarted:
+        return ExceptionInfo()
+
+
+def queued_ids(connection: Any) -> list[str]:
+    found = []
+    queue = connection.SimpleQueue("jobs")
+    while True:
+        try:
+            message = queue.get(timeout=0.5)
+        except queue.Empty:
+            return found
+        found.append(message.headers["id"])
+        message.ack()
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acked-before", "not-acked"])
+def test_celery_a_task_acknowledged_before_it_was_not_started_is_published_again(acknowledged):
+    """The main process's side of NotStarted: a message acknowledged already (the child
+    accepted it before the shutdown began) is published again, same id and arguments;
+    one not acknowledged is rejected with requeue, which puts that very message back."""
+    app = Celery("putback", broker="memory://", set_as_current=False)
+    protect(app, client=Client("http://127.0.0.1:1"))
+
+    @app.task(shared=False, name="jobs.put_back")
+    def job(n: int) -> int:
+        return n
+
+    app.finalize()
+    with app.connection_for_read() as connection:
+        request = delivered(connection, job)
+        if acknowledged:
+            request.acknowledge()
+        request.on_failure(not_started())
+        assert queued_ids(connection) == ["put-back-1"]  # once: nothing lost, nothing doubled
+
+
+class _PoolChild:
+    index = 3  # what billiard gives the current process in a prefork child
+
+
+def test_celery_a_task_a_child_started_is_acknowledged_at_the_shutdowns_end(monkeypatch):
+    """A child starts a task as the shutdown begins, and the main process never reads its
+    word: at the end (before the connection closes and restores what is unacknowledged)
+    the main process acknowledges that task's message, and only that one."""
+    app = Celery("ending", broker="memory://", set_as_current=False)
+    protect(app, client=Client("http://127.0.0.1:1"))
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("jobs")
+        for task_id in ("ran-1", "waiting-1"):
+            app.send_task("jobs.any", task_id=task_id, queue="jobs")
+        ran, waiting = queue.get(timeout=5), queue.get(timeout=5)
+        monkeypatch.setattr(_celery_shutdown, "current_process", _PoolChild)
+        _celery_shutdown.note_start("ran-1")
+        flag = _celery_shutdown._shutting_down
+        assert flag is not None
+        _celery_shutdown.acknowledge_started(queue.consumer.channel)
+        assert not ran.acknowledged  # no shutdown: nothing done
+        celery_signals.worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm")
+        try:
+            _celery_shutdown.acknowledge_started(queue.consumer.channel)
+        finally:
+            flag._page[0] = 0
+        assert ran.acknowledged
+        assert not waiting.acknowledged

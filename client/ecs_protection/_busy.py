@@ -9,7 +9,6 @@ import threading
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ecs_protection import _fork
-from ecs_protection._async import AsyncClient
 from ecs_protection._hold import AsyncHold, Hold, check_options
 from ecs_protection._protocol import DEFAULT_TTL_SECONDS
 from ecs_protection._sync import Client
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Generator
     from types import TracebackType
 
+    from ecs_protection._async import AsyncClient
     from ecs_protection._protocol import Lease
 
 F = TypeVar("F", bound="Callable[..., Any]")
@@ -117,6 +117,9 @@ class Busy:
         if client is None:
             # A session per use: aiohttp sessions belong to one event loop, and a
             # per-use session can be closed on release instead of leaking at shutdown.
+            # Imported here: it imports asyncio, most of the package's import time.
+            from ecs_protection._async import AsyncClient  # noqa: PLC0415
+
             client, own = AsyncClient(), True
         return await AsyncHold.take(
             client,

@@ -15,7 +15,6 @@ block (a framework's before-task and after-task signals). The rules they keep:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -268,6 +267,8 @@ async def _end(
 
 async def _shielded(work: Coroutine[Any, Any, None]) -> None:
     """Run `work` to the end even if the awaiting task is cancelled (again) meanwhile."""
+    import asyncio  # noqa: PLC0415  (async use only: most of the import time)
+
     task = asyncio.ensure_future(work)
     try:
         await asyncio.shield(task)
@@ -304,6 +305,8 @@ class _ThreadHeartbeat:
 
 
 def _task_heartbeat(client: AsyncClient, lease: str, ttl: float) -> Callable[[], Awaitable[None]]:
+    import asyncio  # noqa: PLC0415  (async use only: most of the import time)
+
     async def beat() -> None:
         while True:
             await asyncio.sleep(heartbeat_interval(ttl))

@@ -17,19 +17,26 @@ What it does (the README's Celery section says it for operators):
       any task code runs: the same task (same id, arguments and options, as `retry()`
       sends it, without counting a retry) is published again first, then this
       delivery ends as ignored (Celery's `Ignore`), which stores no result.
-- The worker stops taking tasks: its main process asks the sidecar every
-  `drain_poll_seconds` whether the task drains and then cancels its consumers (as
+- The worker stops taking tasks: its main process cancels its consumers (as
   `celery control cancel_consumer` does), so tasks sent afterwards stay on the broker
   untouched; messages it had prefetched are put back as above, or by the broker when
-  the worker stops.
-- SIGTERM is Celery's own warm shutdown, untouched: running tasks finish (and release
-  their leases), then the worker exits 0.
+  the worker stops. It learns of the drain the moment any of its tasks is refused a
+  lease (a pipe from the pool's children wakes its event loop), or from a GET /state
+  every `drain_poll_seconds` when no task starts meanwhile: the sidecar is asked
+  nothing more than before, and no task is handed back for long.
+- SIGTERM is Celery's own warm shutdown: running tasks finish (and release their
+  leases), then the worker exits 0. A task whose body has not started when the
+  shutdown begins (`worker_shutting_down`) takes no lease and goes back to the broker
+  instead of running (see _celery_shutdown: otherwise it could run twice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import logging
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -37,6 +44,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from celery import bootsteps, signals
 from celery.exceptions import Ignore, Reject
 
+from ecs_protection import _celery_shutdown
 from ecs_protection._busy import default_client
 from ecs_protection._errors import TaskDrainingError
 from ecs_protection._frameworks import DEFAULT_TTL_SECONDS, LeaseOptions
@@ -58,10 +66,38 @@ DEFAULT_DRAIN_POLL_SECONDS = 1.0
 _WRAPPED = "__ecs_protection__"
 
 
+class _DrainNotice:
+    """A pipe made before the pool forks: whoever learns of the drain writes to it, and
+    the worker's event loop, which watches its read end, wakes up at once.
+
+    Writers: a task refused its lease (in a pool child, a thread or the main process)
+    and the main process's GET /state poller. Writes never block: one byte unread is
+    enough.
+    """
+
+    def __init__(self) -> None:
+        self.fileno, self._write_end = os.pipe()
+        os.set_blocking(self.fileno, False)
+        os.set_blocking(self._write_end, False)
+        self.heard = False
+
+    def tell(self) -> None:
+        with contextlib.suppress(OSError):  # full (already told) or closed: nothing to add
+            os.write(self._write_end, b"d")
+
+    def listen(self) -> bool:
+        """Empty the pipe; whether the drain was ever told (main process)."""
+        with contextlib.suppress(OSError):
+            while os.read(self.fileno, 4096):
+                self.heard = True
+        return self.heard
+
+
 class _Protection:
     def __init__(self, lease: LeaseOptions, drain_poll_seconds: float) -> None:
         self.lease = lease
         self.drain_poll_seconds = drain_poll_seconds
+        self.notice = _DrainNotice()
 
     def client(self) -> Client:
         return self.lease.client or default_client()
@@ -92,6 +128,7 @@ def protect(  # noqa: PLR0913  (all keyword options)
         raise RuntimeError(f"ecs_protection.celery.protect() was already called for {app!r}")
     protection = _Protection(lease, drain_poll_seconds)
     _protections[app] = protection
+    _celery_shutdown.install()  # before the pool forks: its children share the flag
 
     def on_finalize(sender: Celery, **_: object) -> None:
         _wrap_tasks(sender, protection)
@@ -127,6 +164,21 @@ def _wrap(task: Task[Any, Any], protection: _Protection) -> None:
     # An instance attribute: the tracer calls `task.run` (or `task.__call__`, which calls
     # `self.run`), so every base class and custom __call__ goes through it.
     task.run = _protected(task, task.run, protection)  # type: ignore[method-assign]
+    # The worker's main process builds each task's requests from this class (read when
+    # its consumer starts, after the tasks are wrapped). Set by name: celery-types'
+    # stubs declare Task.Request in some versions only.
+    setattr(task, "Request", _celery_shutdown.request_class(_request_base(task)))  # noqa: B010
+
+
+def _request_base(task: Task[Any, Any]) -> type[Any]:
+    """The task's Request class: Celery takes the class or its name (`module:Class`)."""
+    named: object = getattr(task, "Request", "celery.worker.request:Request")
+    if not isinstance(named, str):
+        return named  # type: ignore[return-value]
+    module, colon, name = named.partition(":")
+    if not colon:
+        module, _, name = named.rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def _protected(
@@ -137,9 +189,18 @@ def _protected(
         request = task.request
         if request.called_directly or request.is_eager:
             return run(*args, **kwargs)  # not a worker's delivery: nothing to put back
+        if _celery_shutdown.began():
+            log.info(
+                "task %s[%s] not started: the worker is shutting down; requeued",
+                task.name,
+                request.id,
+            )
+            raise _celery_shutdown.NotStarted("the worker is shutting down", requeue=True)
+        _celery_shutdown.note_start(request.id or "")
         try:
             held = protection.lease.hold("celery", request.id or "")
         except TaskDrainingError:
+            protection.notice.tell()  # the worker stops taking tasks now
             _hand_back(task)
         with held:
             return run(*args, **kwargs)
@@ -170,6 +231,7 @@ class _Consumer(Protocol):
     """What DrainWatch uses of Celery's worker consumer (its bootsteps' parent)."""
 
     app: Celery
+    hub: Any  # the worker's event loop (kombu's Hub), or None: add_reader(), call_soon()
     timer: Any  # the worker's timer (kombu's, in the event loop): call_repeatedly()
     task_consumer: _TaskConsumer
 
@@ -179,9 +241,11 @@ class _Consumer(Protocol):
 class DrainWatch(bootsteps.StartStopStep):
     """A consumer step: when the ECS task drains, cancel the worker's consumers.
 
-    A thread asks the sidecar (GET /state) every `drain_poll_seconds`; the consumers are
-    cancelled from the worker's own timer, in its event loop, as Celery's
-    `cancel_consumer` control command does.
+    The worker's event loop watches the drain notice (see _DrainNotice) and cancels the
+    consumers in the loop, as Celery's `cancel_consumer` control command does. A thread
+    asks the sidecar (GET /state) every `drain_poll_seconds`, for a drain that no task
+    has met yet. Without an event loop (a worker on a synchronous transport) the
+    worker's timer checks the notice every `drain_poll_seconds` instead.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -190,17 +254,37 @@ class DrainWatch(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self._watcher: _DrainWatcher | None = None
         self._timer: Any = None
+        self._hub: Any = None
+        self._notice: _DrainNotice | None = None
 
     def start(self, parent: _Consumer) -> None:
         protection = _protections.get(parent.app)
         if protection is None:
             return
-        self._watcher = _DrainWatcher(protection.client, protection.drain_poll_seconds)
-        self._timer = parent.timer.call_repeatedly(
-            protection.drain_poll_seconds, self._stop_consuming_if_draining, (parent,)
-        )
+        notice = self._notice = protection.notice
+        self._watcher = _DrainWatcher(protection.client, protection.drain_poll_seconds, notice)
+        if parent.hub is not None:
+            self._hub = parent.hub
+            self._hub.add_reader(notice.fileno, self._stop_consuming_if_draining, parent)
+            # Heard before a reconnect re-created the consumers: cancel them again.
+            self._hub.call_soon(self._stop_consuming_if_draining, parent)
+        else:
+            self._timer = parent.timer.call_repeatedly(
+                protection.drain_poll_seconds, self._stop_consuming_if_draining, (parent,)
+            )
+
+    def shutdown(self, parent: _Consumer) -> None:
+        self.stop(parent)
+        # The pool has finished by now; the broker connection closes next (and puts
+        # back what is not acknowledged).
+        task_consumer: Any = parent.task_consumer
+        if task_consumer is not None:
+            _celery_shutdown.acknowledge_started(task_consumer.channel)
 
     def stop(self, parent: _Consumer) -> None:  # noqa: ARG002  (a bootstep's signature)
+        if self._hub is not None and self._notice is not None:
+            self._hub.remove_reader(self._notice.fileno)
+            self._hub = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -208,10 +292,8 @@ class DrainWatch(bootsteps.StartStopStep):
             self._watcher.stop()
             self._watcher = None
 
-    shutdown = stop
-
     def _stop_consuming_if_draining(self, consumer: _Consumer) -> None:
-        if self._watcher is None or not self._watcher.draining.is_set():
+        if self._notice is None or not self._notice.listen():
             return
         queues = [queue.name for queue in consumer.task_consumer.queues]
         if not queues:
@@ -227,18 +309,20 @@ class DrainWatch(bootsteps.StartStopStep):
 class _DrainWatcher:
     """Polls the sidecar from a daemon thread until it drains, or until stopped."""
 
-    def __init__(self, client: Callable[[], Client], poll_seconds: float) -> None:
-        self.draining = threading.Event()
+    def __init__(
+        self, client: Callable[[], Client], poll_seconds: float, notice: _DrainNotice
+    ) -> None:
         self._stopped = threading.Event()
         self._client = client
         self._poll_seconds = poll_seconds
+        self._notice = notice
         threading.Thread(target=self._watch, name="ecs-protection-drain-watch", daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stopped.is_set():
             try:
                 if self._client().draining:
-                    self.draining.set()
+                    self._notice.tell()
                     return
             except Exception as exc:  # noqa: BLE001  (strict mode raises when unreachable: keep watching)
                 log.debug("could not ask the sidecar whether the task drains: %s", exc)

@@ -19,7 +19,9 @@ app.conf.update(
     worker_hijack_root_logger=True,
 )
 ecs_protection.celery.protect(
-    app, ttl=float(os.environ.get("PROBE_TTL", "60")), drain_poll_seconds=0.2
+    app,
+    ttl=float(os.environ.get("PROBE_TTL", "60")),
+    drain_poll_seconds=float(os.environ.get("PROBE_DRAIN_POLL", "0.2")),
 )
 
 # The worker's main process uses the client before its pool forks (and its drain watch
