@@ -112,6 +112,15 @@ def inspect(kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def added_bytes(image: str) -> int:
+    """The uncompressed size of the layers IMAGE adds on top of the stand-in base."""
+    base = inspect("image", base_image())
+    ours = inspect("image", image)
+    if ours["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] != base["RootFS"]["Layers"]:
+        raise PodmanError(f"{image} is not built on {base_image()}: run scripts/images")
+    return int(ours["Size"]) - int(base["Size"])
+
+
 def unique_name(purpose: str) -> str:
     """A name no other test (or concurrent run on this machine) uses."""
     return f"{NAME_PREFIX}-{purpose}-{uuid.uuid4().hex[:10]}"
@@ -217,3 +226,12 @@ def http_inside(
 def container_state(name: str) -> dict[str, Any]:
     state: dict[str, Any] = inspect("container", name)["State"]
     return state
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m tests.containers base-image`: the stand-in base's tag, for scripts/test.
+    if sys.argv[1:] != ["base-image"]:
+        sys.exit("usage: python -m tests.containers base-image")
+    print(base_image())  # noqa: T201 (the command's output)

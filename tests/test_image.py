@@ -19,6 +19,7 @@ from tests.containers import (
     APP_IMAGE,
     SIDECAR_API_IMAGE,
     SIDECAR_IMAGE,
+    added_bytes,
     base_image,
     container_state,
     http_inside,
@@ -165,14 +166,6 @@ def test_only_the_api_image_carries_boto3(image, has_boto3, podman_scope):
         "-c", "import importlib.util as u; print(bool(u.find_spec('boto3')))",
     )  # fmt: skip
     assert probe.stdout.strip() == str(has_boto3)
-
-
-def added_bytes(image: str) -> int:
-    """The uncompressed size of the layers an image adds on top of the stand-in base."""
-    base = inspect("image", base_image())
-    ours = inspect("image", image)
-    assert ours["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] == base["RootFS"]["Layers"]
-    return int(ours["Size"]) - int(base["Size"])
 
 
 @pytest.mark.parametrize("image", [SIDECAR_IMAGE, SIDECAR_API_IMAGE])
