@@ -232,6 +232,8 @@ def test_a_rebuild_after_a_source_change_ships_the_new_code(tmp_path, podman_sco
         podman(*build, "--tag", tag, str(context), timeout=900)  # from cache: unchanged inputs
         with (context / "sidecar" / "healthcheck.py").open("a") as source:
             source.write(f"{marker}\n")
+        # The build stage tagged too, so that removing the tags leaves no image behind.
+        podman(*build, "--target", "build", "--tag", f"{tag}-build", str(context), timeout=900)
         podman(*build, "--tag", tag, str(context), timeout=900)
         shipped = podman(
             "run", "--rm", "--name", podman_scope.container("read"), "--entrypoint", "python",
@@ -239,4 +241,4 @@ def test_a_rebuild_after_a_source_change_ships_the_new_code(tmp_path, podman_sco
         )  # fmt: skip
         assert marker in shipped.stdout
     finally:
-        podman("rmi", "--force", tag, check=False)
+        podman("rmi", "--force", tag, f"{tag}-build", check=False)

@@ -68,7 +68,7 @@ def test_the_image_has_oci_labels_that_follow_the_version():
 def test_the_default_image_has_no_botocore_and_the_api_image_has(extras, pins, botocore):
     """The pins the build stage installs, its path expanded by the image's own shell."""
     joined = DOCKERFILE.replace("\\\n", " ")
-    spec = re.search(r'cp "(requirements/[^"]+)" /install/requirements.txt', joined)[1]
+    spec = re.search(r'--require-hashes\s+-r "(requirements/[^"]+)"', joined)[1]
     out = subprocess.run(
         ["/bin/sh", "-c", f'printf "%s\\n" "{spec}"'],
         env={"EXTRAS": extras},
