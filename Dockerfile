@@ -10,9 +10,17 @@ ARG PYTHON=python:3.12.8-slim-bookworm
 FROM ${PYTHON} AS build
 ARG EXTRAS=""
 WORKDIR /src
+# The dependencies exactly as requirements/ pins them (scripts/lock, from pyproject.toml):
+# the same versions in every build of a version, each file checked against its hash.
+COPY requirements ./requirements
+RUN python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes \
+        -r "requirements/image${EXTRAS:+-$EXTRAS}.txt"
 COPY pyproject.toml README.md LICENSE ./
 COPY sidecar ./sidecar
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
+# The project's own wheel has no published hash: built here, installed without dependencies.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel . \
+    && pip --python /opt/venv/bin/python install --no-cache-dir --no-deps /tmp/wheel/*.whl
 
 FROM ${PYTHON}
 ARG EXTRAS=""
@@ -23,13 +31,14 @@ LABEL org.opencontainers.image.title="ecs-protection-sidecar" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PYTHONDONTWRITEBYTECODE=1
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sidecar
-# Only wheels cross over from the build stage: no compilers or sources in this image.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels \
-        "ecs-protection-sidecar${EXTRAS:+[$EXTRAS]}==${VERSION}"
+# Only the installed packages cross over: no wheels, compilers or sources here. A
+# COPY, not a RUN that bind-mounts the build stage: a layer's cache follows what is copied
+# into it, but with buildah not what a RUN mounts from another stage (a stale layer
+# shipped old code), and podman 4.3 fails that mount when the stage comes from its cache.
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 USER 10001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
