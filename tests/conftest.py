@@ -15,7 +15,7 @@ from tests.fakes.clock import FakeClock
 from tests.fakes.threaded import ThreadedServer
 
 # The client's fixtures (`fake`, `client`), shared with its nox run.
-pytest_plugins = ["tests.client_fixtures"]
+pytest_plugins = ["tests.client_fixtures", "tests.container_fixtures"]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

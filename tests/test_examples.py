@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,23 @@ def sidecar():
 def test_readme_shows_the_worker_example_verbatim():
     readme = (ROOT / "README.md").read_text()
     assert (ROOT / "examples" / "worker.py").read_text() in readme
-    assert (ROOT / "examples" / "Dockerfile.app").read_text().split("\n", 3)[3] in readme
+    assert users_form_of_the_app_image() in readme
+
+
+def users_form_of_the_app_image() -> str:
+    """examples/Dockerfile.app as users write it: the published client installed directly
+    (the file takes it as a build argument, which the project's tests set to its wheel)."""
+    text = (ROOT / "examples" / "Dockerfile.app").read_text().split("\n", 3)[3]
+    pin = re.search(r'^ARG CLIENT=("ecs-protection==[\w.]+")$', text, flags=re.MULTILINE)
+    assert pin, "Dockerfile.app takes the client as ARG CLIENT, the release by default"
+    hook = re.search(
+        r"(?:^# .*\n)*^ARG CLIENT=.*\n(?:^# .*\n)*^RUN --mount=type=bind,target=/context (.*)\n",
+        text,
+        flags=re.MULTILINE,
+    )
+    assert hook, "Dockerfile.app installs ${CLIENT} with the build context mounted"
+    install = hook[1].replace('"${CLIENT}"', pin[1])
+    return text[: hook.start()] + f"RUN {install}\n" + text[hook.end() :]
 
 
 def test_worker_example_finishes_its_job_after_sigterm(sidecar):
