@@ -1,11 +1,12 @@
 """ecs/task-definition.json run as ECS runs it: a pod (awsvpc) or a network (bridge), the
 ECS agent as one more container, and the task stopped in ECS's order while a job runs.
 
-What the tests change in the registered file, only through environment: `JOB_SECONDS=10`
-for the example worker (its stand-in job takes 20 s) and, in bridge mode, what the
-README's network-modes section says (TASK_PROTECTION_HOST, TASK_PROTECTION_TOKEN,
-TASK_PROTECTION_URL). Every other setting is the file's: stop timeouts, grace, drain
-timeout, the health check, the read-only root, the entry point.
+Nothing in the registered file is changed for awsvpc: stop timeouts, grace, drain
+timeout, the health check, the read-only root, the entry point and command are the
+file's, and the example worker's job takes its default 20 s, which leaves a slow
+machine ample time to begin the stop while the job runs. Bridge mode changes only
+what the README's network-modes section says (TASK_PROTECTION_HOST,
+TASK_PROTECTION_TOKEN, TASK_PROTECTION_URL, a link).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from tests.containers import PodmanScope
 
-JOB_SECONDS = 10  # long enough that the stop lands while the job runs, on a slow machine
 AGENT_LATENCY = 0.5  # each ECS call behind the agent (the real one: 0.1-4 s)
 
 
@@ -212,7 +212,6 @@ def test_awsvpc_task_finishes_its_job_when_stopped(container_images, podman_scop
         load_task_definition(),
         {"app": container_images["app"], "protection": container_images["sidecar"]},
         tmp_path,
-        overrides={"app": {"JOB_SECONDS": str(JOB_SECONDS)}},
         agent_latency=AGENT_LATENCY,
     )
     samples = run_and_stop(task)
@@ -262,7 +261,6 @@ def test_bridge_task_reaches_its_sidecar_by_name_with_the_token(
         bridge_definition(secrets.token_hex(16)),
         {"app": container_images["app"], "protection": container_images["sidecar"]},
         tmp_path,
-        overrides={"app": {"JOB_SECONDS": str(JOB_SECONDS)}},
         agent_latency=AGENT_LATENCY,
     )
     task.start()
