@@ -10,9 +10,17 @@ ARG PYTHON=python:3.12.8-slim-bookworm
 FROM ${PYTHON} AS build
 ARG EXTRAS=""
 WORKDIR /src
+# The dependencies exactly as requirements/ pins them (scripts/lock, from pyproject.toml):
+# the same versions in every build of a version, each file checked against its hash.
+COPY requirements ./requirements
+RUN mkdir /install \
+    && cp "requirements/image${EXTRAS:+-$EXTRAS}.txt" /install/requirements.txt \
+    && pip download --no-cache-dir --require-hashes --no-deps --dest /wheels \
+        -r /install/requirements.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY sidecar ./sidecar
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
+# The project's own wheel has no published hash: built here, installed with --no-deps.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /install .
 
 FROM ${PYTHON}
 ARG EXTRAS=""
@@ -26,10 +34,17 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sidecar
-# Only wheels cross over from the build stage: no compilers or sources in this image.
+# Only wheels cross over from the build stage: no compilers or sources in this image. The
+# project's wheel and the pins are copied (a few kB) rather than bind-mounted like the
+# dependencies: a layer's cache follows what is copied into it, but not, with every
+# builder, what a RUN mounts from another stage, and a stale layer would ship old code.
+COPY --from=build /install /install
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels \
-        "ecs-protection-sidecar${EXTRAS:+[$EXTRAS]}==${VERSION}"
+        --require-hashes -r /install/requirements.txt \
+    && pip install --no-cache-dir --no-index --no-deps \
+        "/install/ecs_protection_sidecar-${VERSION}-py3-none-any.whl" \
+    && rm -r /install
 USER 10001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

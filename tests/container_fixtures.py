@@ -37,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Asked once, and only when a container test was collected: `podman info` takes a while.
     if any(item.get_closest_marker(MARKER) for item in items):
-        config.stash[UNAVAILABLE] = podman_unavailable()
+        # scripts/test has already found out, and said why, when it could not build images.
+        said = os.environ.get("ECS_PROTECTION_NO_CONTAINERS")
+        config.stash[UNAVAILABLE] = said or podman_unavailable()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -51,7 +53,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(f"container tests did not run: {reason}")
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if MARKER in report.keywords:
+        # Setup, call and teardown of each container test.
+        spent[report.nodeid] = spent.get(report.nodeid, 0.0) + report.duration
+
+
+spent: dict[str, float] = {}
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if spent:
+        # What the container tests cost this run (the images are built before pytest).
+        terminalreporter.write_line(
+            f"container tests: {len(spent)} in {sum(spent.values()):.0f} s of this run"
+        )
     reason = terminalreporter.config.stash.get(UNAVAILABLE, None)
     if reason is not None:
         terminalreporter.write_line(

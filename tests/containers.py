@@ -6,13 +6,18 @@ Standard library only: scripts/images imports it before any virtualenv exists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).parent.parent
 CONTAINERS_CONF = ROOT / "containers" / "containers.conf"
@@ -22,11 +27,37 @@ SIDECAR_IMAGE = "localhost/ecs-protection-sidecar:test"
 SIDECAR_API_IMAGE = "localhost/ecs-protection-sidecar:test-api"
 APP_IMAGE = "localhost/ecs-protection-example-app:test"
 BASE_REPOSITORY = "localhost/ecs-protection-test-base"
+# Exactly what the stand-in base's root file system is made from (Debian bookworm's Python
+# 3.11); these, the Containerfile and the host's CA bundle make its cache key.
+MMDEBSTRAP_ARGS = (
+    "--variant=minbase",
+    "--include=python3,python3-pip,python3-venv,ca-certificates",
+    "bookworm",
+)
+BASE_CONTAINERFILE = ROOT / "containers" / "test-base.Containerfile"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Every container, pod and network a test makes starts with this, so a leftover is
 # recognisable (and removable) as ours.
 NAME_PREFIX = "ecsp-test"
 
 COMMAND_TIMEOUT = 300.0
+
+
+def digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())  # each part hashed alone: no ambiguity
+    return h.hexdigest()[:16]
+
+
+def base_image() -> str:
+    """The stand-in base's tag: its repository and the key of its inputs."""
+    key = digest(
+        json.dumps(MMDEBSTRAP_ARGS).encode(),
+        BASE_CONTAINERFILE.read_bytes(),
+        HOST_CA_BUNDLE.read_bytes(),
+    )
+    return f"{BASE_REPOSITORY}:{key}"
 
 
 class PodmanError(RuntimeError):
@@ -81,6 +112,15 @@ def inspect(kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def added_bytes(image: str) -> int:
+    """The uncompressed size of the layers IMAGE adds on top of the stand-in base."""
+    base = inspect("image", base_image())
+    ours = inspect("image", image)
+    if ours["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] != base["RootFS"]["Layers"]:
+        raise PodmanError(f"{image} is not built on {base_image()}: run scripts/images")
+    return int(ours["Size"]) - int(base["Size"])
+
+
 def unique_name(purpose: str) -> str:
     """A name no other test (or concurrent run on this machine) uses."""
     return f"{NAME_PREFIX}-{purpose}-{uuid.uuid4().hex[:10]}"
@@ -127,7 +167,9 @@ class PodmanScope:
             for name in reversed(names):
                 # `network rm` has no --ignore in podman 4.3: "not found" is checked instead.
                 ignore = () if kind == "network" else ("--ignore",)
-                result = podman(kind, "rm", "--force", *ignore, name, check=False)
+                # Killed, not stopped: what the test wanted from it is over.
+                now = ("--time", "0") if kind == "container" else ()
+                result = podman(kind, "rm", "--force", *ignore, *now, name, check=False)
                 if result.returncode != 0 and "not found" not in result.stderr:
                     failures.append(f"{kind} {name}: {result.stderr.strip()}")
             names.clear()
@@ -139,3 +181,57 @@ class PodmanScope:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def wait_until(
+    check: Callable[[], object], what: str, timeout: float = 120.0, interval: float = 0.5
+) -> object:
+    """Poll CHECK until it returns something truthy; fail after TIMEOUT (a generous deadline
+    for a loaded machine, never a speed claim) saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+# Run inside a container by `http_inside`: one request to the sidecar over the container's
+# own loopback, never through a proxy; prints the status, then the body.
+_REQUEST = """
+import sys, urllib.request as u
+port, method, path, body = sys.argv[1:5]
+request = u.Request(f"http://127.0.0.1:{port}{path}", data=body.encode() or None,
+                    method=method, headers={"Content-Type": "application/json"})
+try:
+    answer = u.build_opener(u.ProxyHandler({})).open(request, timeout=60)
+except u.HTTPError as error:
+    answer = error
+print(answer.status)
+print(answer.read().decode())
+"""
+
+
+def http_inside(
+    container: str, method: str, path: str, body: str = "", port: int = 31680
+) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one request made inside CONTAINER to 127.0.0.1:PORT."""
+    result = podman("exec", container, "python", "-c", _REQUEST, str(port), method, path, body)
+    status, _, text = result.stdout.partition("\n")
+    return int(status), json.loads(text)
+
+
+def container_state(name: str) -> dict[str, Any]:
+    state: dict[str, Any] = inspect("container", name)["State"]
+    return state
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m tests.containers base-image`: the stand-in base's tag, for scripts/test.
+    if sys.argv[1:] != ["base-image"]:
+        sys.exit("usage: python -m tests.containers base-image")
+    print(base_image())  # noqa: T201 (the command's output)

@@ -156,9 +156,16 @@ def test_stop_signal_unbuffered_output_and_healthcheck():
 
 
 def test_no_build_tools_or_sources_reach_the_final_stage():
-    assert "COPY --from" not in FINAL_STAGE  # wheels are bind-mounted, not copied
+    # Dependencies' wheels are bind-mounted; only the project's wheel and the pins are
+    # copied (to /install, removed after the install).
+    assert re.findall(r"^COPY .*$", FINAL_STAGE, flags=re.MULTILINE) == [
+        "COPY --from=build /install /install"
+    ]
+    assert "rm -r /install" in FINAL_STAGE
     assert not re.search(r"apt-get|gcc|build-essential", FINAL_STAGE)
-    assert "--no-index" in FINAL_STAGE
+    assert FINAL_STAGE.count("--no-index") == 2
+    assert "--require-hashes" in FINAL_STAGE
+    assert "--no-deps" in FINAL_STAGE
 
 
 def test_the_image_command_and_healthcheck_really_work():
