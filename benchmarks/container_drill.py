@@ -11,6 +11,7 @@ Debian's redis-server and python3-redis, and examples/redis_worker.py).
   pod, the sidecar image as `protection`, the example app image running
   examples/redis_worker.py under the definition's entry point (`ecs-protection run --`):
   the command is overridden, as ECS's containerOverrides would, and REDIS_URL added.
+  A task joins the service once its worker says it is ready (SIGTERM handled).
 - A producer adds jobs in waves and waits for each to be acked, so tasks go idle between.
 - A scaler repeats the plan: `out` starts a task; `in` stops one whose protection is off
   (as ECS does, reading each task's agent); `force` stops a protected task regardless
@@ -39,13 +40,14 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.drill import minimum_calls
 from tests.containers import APP_IMAGE, SIDECAR_IMAGE, PodmanScope, inspect, podman
-from tests.ecs_task import EmulatedTask, environment, load_task_definition
+from tests.ecs_task import START_TIMEOUT, EmulatedTask, environment, load_task_definition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,9 +145,10 @@ class Drill:
         self.scale_ins = self.forced_stops = self.deployments = 0
         self.bad_exits: list[str] = []
         self.failures: list[Exception] = []
+        self._next_index = 0
         self.began = time.monotonic()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # the list of running tasks: scaler and final stop
+        self._lock = threading.Lock()  # the task lists, which several threads change
         self.network = ""
         self._queue: Queue | None = None
 
@@ -177,8 +180,16 @@ class Drill:
     def note(self, what: str) -> None:
         print(f"{time.monotonic() - self.began:6.1f} s  {what}", file=sys.stderr, flush=True)
 
+    def start_tasks(self, count: int) -> None:
+        """Start `count` tasks at once, as ECS places a service's new tasks."""
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            for started in [pool.submit(self.start_task) for _ in range(count)]:
+                started.result()  # an exception in any start ends the drill
+
     def start_task(self) -> DrillTask:
-        index = len(self.all_tasks)
+        with self._lock:
+            index = self._next_index
+            self._next_index += 1
         self.note(f"task-{index}: starting")
         grace = f"{self.settings.grace:g}"
         emulated = EmulatedTask(
@@ -191,9 +202,17 @@ class Drill:
             agent_latency=self.settings.agent_latency,
         )
         task = DrillTask(emulated, index)
-        self.all_tasks.append(task)
+        with self._lock:
+            self.all_tasks.append(task)  # before it starts: its log counts even if that fails
         emulated.start()
         task.host = inspect("container", emulated.containers["app"].name)["Config"]["Hostname"]
+        # In service once the worker handles SIGTERM: a Python process stopped before then
+        # dies of the signal (exit 143) with no job at stake, which is not what is measured.
+        deadline = time.monotonic() + START_TIMEOUT
+        while not any(line.text.startswith("ready:") for line in emulated.log("app")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"task-{index}: no worker ready\n{emulated.logs()}")
+            time.sleep(0.1)
         self.note(f"task-{index}: running")
         with self._lock:
             self.tasks.append(task)
@@ -255,8 +274,7 @@ class Drill:
 
     def deploy(self) -> None:
         old = list(self.tasks)
-        for _ in old:
-            self.start_task()
+        self.start_tasks(len(old))
         while old and not self._stop.is_set():
             task = self.wait_for(old, protected=False)
             if task is None:
@@ -307,8 +325,7 @@ class Drill:
     def run(self) -> Result:
         began = self.began = time.monotonic()
         self.start_queue()
-        for _ in range(self.settings.tasks):
-            self.start_task()
+        self.start_tasks(self.settings.tasks)
         threads = [
             threading.Thread(target=self.guarded, args=(self.producer,), daemon=True),
             threading.Thread(target=self.guarded, args=(self.scaler,), daemon=True),

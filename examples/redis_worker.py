@@ -35,6 +35,7 @@ def give_back(raw: bytes) -> None:
         moves.execute()
 
 
+print(f"ready: taking jobs into {processing}", flush=True)
 while not shutdown.requested:
     raw = queue.blmove("jobs", processing, 1, "LEFT", "RIGHT")
     if raw is None:

@@ -17,7 +17,15 @@ JOBS = 40
 def test_reduced_drill_loses_interrupts_and_duplicates_no_job(
     container_images, podman_scope, tmp_path
 ):
-    settings = Settings(tasks=3, jobs=JOBS, wave=20, plan=("in", "force", "deploy"), timeout=600)
+    settings = Settings(
+        tasks=3,
+        jobs=JOBS,
+        wave=20,
+        wave_gap=3.0,
+        scale_every=2.0,
+        plan=("in", "force", "deploy"),
+        timeout=600,
+    )
     result = run_drill(settings, podman_scope, tmp_path)
     assert (result.completed, result.lost) == (JOBS, 0)
     assert result.interrupted == 0

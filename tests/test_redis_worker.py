@@ -30,6 +30,7 @@ def test_a_job_taken_while_draining_goes_back_and_the_worker_waits_for_sigterm(r
         [sys.executable, str(WORKER)], env=env, stdout=subprocess.PIPE, text=True
     )
     try:
+        assert read_line(worker.stdout, timeout=60).startswith("ready: taking jobs into")
         assert read_line(worker.stdout, timeout=60) == "stopping: gave back j1"
         assert redis_db.client.lrange("jobs", 0, -1) == [job.encode()]
         assert redis_db.client.keys("processing:*") == []
