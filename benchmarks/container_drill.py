@@ -348,9 +348,16 @@ class Drill:
             self._stop.set()
             for thread in threads:
                 thread.join(300)
-        for task in list(self.tasks):  # the service scaled to zero: all idle by now
+        for task in list(self.tasks):  # the service scaled to zero, as ECS scales in
+            self.wait_unprotected(task)
             self.stop_task(task)
         return self.result(time.monotonic() - began)
+
+    def wait_unprotected(self, task: DrillTask) -> None:
+        """No jobs are left: protection goes off one grace after the last one ended."""
+        deadline = time.monotonic() + self.settings.grace + START_TIMEOUT
+        while task.task.protected() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def guarded(self, work: Callable[[], None]) -> None:
         """Run a thread's work; an exception ends the drill instead of only the thread."""
