@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,8 +111,8 @@ class Result:
 
 
 class Queue:
-    """The drill's own calls to Redis, made with redis-cli inside the Redis container: no
-    traffic from the host to the network, whose addresses other networks may shadow."""
+    """The drill's own calls to Redis, made with redis-cli inside the Redis container, so
+    that its traffic stays inside the network it made (the host never joins it)."""
 
     def __init__(self, container: str) -> None:
         self.container = container
@@ -127,8 +127,6 @@ class DrillTask:
     task: EmulatedTask
     index: int
     host: str = ""  # the pod's host name: the worker's processing list
-    stopped: bool = False
-    log_lines: list[tuple[float, str, str]] = field(default_factory=list)
 
 
 class Drill:
@@ -226,7 +224,6 @@ class Drill:
         protected = task.task.protected()
         self.note(f"task-{task.index}: stopping ({'protected' if protected else 'unprotected'})")
         task.task.stop()
-        task.stopped = True
         self.note(f"task-{task.index}: stopped, exit codes {task.task.exit_codes}")
         for container, code in task.task.exit_codes.items():
             if code != 0:
