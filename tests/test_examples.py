@@ -73,18 +73,16 @@ def test_worker_example_finishes_its_job_after_sigterm(sidecar):
 def test_worker_shell_example_runs_under_the_wrapper(sidecar, tmp_path):
     """examples/worker.sh under `ecs-protection run`: SIGTERM lets the running job end,
     no new job starts (the sidecar drains), and the loop ends by itself."""
-    script = (ROOT / "examples" / "worker.sh").read_text()
-    fast = tmp_path / "worker.sh"
-    fast.write_text(script.replace("sleep 20", "sleep 2"))
-    fast.chmod(0o755)
     bindir = Path(sys.executable).parent
     env = {
         **os.environ,
         "TASK_PROTECTION_URL": sidecar.url,
         "PATH": f"{bindir}:{os.environ['PATH']}",
+        "JOB_SECONDS": "2",
     }
+    worker = str(ROOT / "examples" / "worker.sh")
     app = subprocess.Popen(
-        [str(bindir / "ecs-protection"), "run", "--poll-seconds", "0.05", "--", str(fast)],
+        [str(bindir / "ecs-protection"), "run", "--poll-seconds", "0.05", "--", worker],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -95,12 +93,33 @@ def test_worker_shell_example_runs_under_the_wrapper(sidecar, tmp_path):
         app.send_signal(signal.SIGTERM)
         assert app.wait(timeout=60) == 0  # the loop ended by itself
         assert app.stdout is not None
-        assert app.stdout.read().split() == ["job", "done"]  # finished; no new job
+        assert app.stdout.read().splitlines() == ["job done", "job acked"]  # no new job
         assert sidecar.get("/state").json()["leases"] == []
     finally:
         if app.poll() is None:
             app.kill()
         app.wait(10)
+
+
+def test_worker_shell_example_acks_a_job_when_sigterm_comes_right_after_it(tmp_path):
+    """SIGTERM reaches worker.sh once no lease is held, which can be after the job and
+    before its ack: the ack still runs, and the loop ends after it without a new job.
+    A stand-in `ecs-protection` sends that SIGTERM as it exits, so the moment is exact."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "ecs-protection"
+    fake.write_text('#!/bin/sh\necho "job ran"\nkill -TERM "$PPID"\nexit 0\n')
+    fake.chmod(0o755)
+    result = subprocess.run(
+        [str(ROOT / "examples" / "worker.sh")],
+        env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.splitlines() == ["job ran", "job acked"]
+    assert result.returncode == 0
 
 
 def test_task_definition_holds_sigterm_for_less_than_the_apps_stop_timeout():

@@ -71,15 +71,15 @@ class FakeMetadata:
     async def _container(self, _request: web.Request) -> web.Response:
         return web.json_response(self.document["Containers"][1])
 
-    async def start(self) -> str:
+    async def start(self, host: str = "127.0.0.1") -> str:
         app = web.Application()
         app.router.add_get("/v4/abc/task", self._task)
         app.router.add_get("/v4/abc", self._container)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v4/abc"
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}/v4/abc"
         return self.url
 
     async def close(self) -> None:
