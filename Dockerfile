@@ -10,7 +10,7 @@ ARG PYTHON=python:3.12.8-slim-bookworm
 FROM ${PYTHON} AS build
 ARG EXTRAS=""
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.pypi.md LICENSE ./
 COPY sidecar ./sidecar
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
