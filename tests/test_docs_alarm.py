@@ -16,7 +16,7 @@ from tests.processes import SidecarProcess
 ROOT = Path(__file__).parent.parent
 
 
-def _alarm() -> dict[str, object]:
+def recommended_alarm() -> dict[str, object]:
     page = (ROOT / "docs" / "monitoring.md").read_text()
     block = re.search(r"^```yaml\n(.*?)^```$", page, re.MULTILINE | re.DOTALL)
     assert block
@@ -30,7 +30,7 @@ def _alarm() -> dict[str, object]:
 def test_a_clean_start_cold_enables_and_a_drain_stay_below_the_alarm(agent_in_thread):
     """Through the fake agent with the real one's latency: each enable takes 0.1-0.4 s."""
     agent_in_thread.ecs_latency = 0.2
-    alarm = _alarm()
+    alarm = recommended_alarm()
     assert alarm["MetricName"] == "UnprotectedBusySeconds"
     assert alarm["Statistic"] == "Sum"
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
