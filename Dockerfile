@@ -16,7 +16,7 @@ COPY requirements ./requirements
 RUN python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes \
         -r "requirements/image${EXTRAS:+-$EXTRAS}.txt"
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.pypi.md LICENSE ./
 COPY sidecar ./sidecar
 # The project's own wheel has no published hash: built here, installed without dependencies.
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel . \

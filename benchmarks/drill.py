@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -78,6 +79,10 @@ class Result:
     deployments: int
     protected_wait: float
     seconds: float
+    # The sidecars' EMF metric UnprotectedBusySeconds, summed over the service per 5-minute
+    # period (CloudWatch's view), for the alarm docs/monitoring.md recommends.
+    unprotected_busy_seconds: float = 0.0
+    unprotected_busy_by_period: list[float] = field(default_factory=list)
     timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
@@ -114,7 +119,9 @@ class SimTask:
                     "ECS_AGENT_URI": drill.agent.uri(self.endpoint),
                     "TASK_PROTECTION_IDLE_GRACE_SECONDS": str(drill.settings.grace),
                     "TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS": str(drill.settings.stop_timeout - 1),
-                }
+                    "TASK_PROTECTION_EMF_NAMESPACE": "EcsProtectionDrill",
+                },
+                stdout=True,
             ).start()  # the app dependsOn the sidecar being HEALTHY
             env["TASK_PROTECTION_URL"] = self.sidecar.url
         self.worker = subprocess.Popen(
@@ -132,9 +139,37 @@ class SimTask:
         _terminate(self.worker, self.drill.settings.stop_timeout)
         if self.sidecar is not None:
             _terminate(self.sidecar.proc, self.drill.settings.stop_timeout)
+            self.drill.emf_records.extend(_emf_records(self.sidecar))
             self.sidecar.stop()
         self.drill.cluster.ecs.stop_task(cluster=self.drill.cluster.name, task=self.arn)
         self.stopped_at = time.time()
+
+
+def _emf_records(sidecar: SidecarProcess) -> list[dict[str, Any]]:
+    """The EMF records an exited sidecar wrote to stdout (its log goes to stderr)."""
+    records = []
+    while True:
+        try:
+            line = sidecar.stdout.get(timeout=10)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
+def by_period(records: list[dict[str, Any]], metric: str, period: float = 300.0) -> list[float]:
+    """A metric's sum per period, from the first record on, as CloudWatch's Sum statistic."""
+    stamped = [(r["_aws"]["Timestamp"] / 1000.0, float(r.get(metric, 0.0))) for r in records]
+    if not stamped:
+        return []
+    start = min(at for at, _ in stamped)
+    sums = [0.0] * (int((max(at for at, _ in stamped) - start) // period) + 1)
+    for at, value in stamped:
+        sums[int((at - start) // period)] += value
+    return [round(value, 3) for value in sums]
 
 
 def _terminate(proc: subprocess.Popen[Any], stop_timeout: float) -> None:
@@ -173,6 +208,7 @@ class Drill:
         self.scale_events = 0
         self.plan_steps = 0  # scaling steps taken
         self.deployments = 0
+        self.emf_records: list[dict[str, Any]] = []
         self.produced = 0
         self._stop = threading.Event()
 
@@ -334,6 +370,10 @@ class Drill:
             deployments=self.deployments,
             protected_wait=self.protected_wait,
             seconds=time.time() - began,
+            unprotected_busy_seconds=round(
+                sum(float(r.get("UnprotectedBusySeconds", 0.0)) for r in self.emf_records), 3
+            ),
+            unprotected_busy_by_period=by_period(self.emf_records, "UnprotectedBusySeconds"),
             timeline=self.timeline(intervals, began),
         )
 

@@ -46,7 +46,7 @@ SCENARIOS = ("deployment", "steady", "storm", "deploy-storm")
 DEFAULT_BURST = 50.0
 DEFAULT_REFILL = 20.0
 
-# The goals this benchmark checks (README, "Fleet scale").
+# The goals this benchmark checks (docs/fleet.md).
 CALLS_OVER_MINIMUM = 0.10
 RENEWAL_PEAK_TO_MEAN = 2.0
 REPROTECT_SECONDS = 60.0

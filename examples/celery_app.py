@@ -1,4 +1,4 @@
-"""A Celery worker whose tasks keep the ECS task protected while they run (README: Celery).
+"""A Celery worker whose tasks keep the ECS task protected while they run (docs/frameworks.md).
 
 celery -A celery_app worker -P prefork -c 2      # the worker, next to a sidecar
 python celery_app.py 3                           # send it 3 jobs

@@ -1,4 +1,4 @@
-"""Dramatiq actors that keep the ECS task protected while a message runs (README: Dramatiq).
+"""Dramatiq actors that keep the ECS task protected while a message runs (docs/frameworks.md).
 
 dramatiq dramatiq_actors --processes 1 --threads 2    # the worker, in this folder
 python dramatiq_actors.py 3                           # send it 3 messages

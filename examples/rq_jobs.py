@@ -1,4 +1,4 @@
-"""Jobs for an RQ worker that keeps the ECS task protected while a job runs (README: RQ).
+"""Jobs for an RQ worker that keeps the ECS task protected while a job runs (docs/frameworks.md).
 
 rq worker -w ecs_protection.rq.Worker --url redis://127.0.0.1:6379/0   # in this folder
 python rq_jobs.py 3                                                      # enqueue 3 jobs

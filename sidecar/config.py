@@ -2,7 +2,7 @@
 
 Each setting is declared once, as a field of `Config` (name, type, default, bounds,
 help); the environment parser, the CLI flags, `--help`, the start-up description and
-the README's configuration table (`settings_table()`) are all derived from that
+docs/configuration.md's table (`settings_table()`) are all derived from that
 declaration. Flags override variables. Every problem is collected and reported
 together, so an operator fixes a task definition in one round trip instead of one per
 typo. To add a setting: add one field below, then use it.
@@ -68,7 +68,7 @@ class Setting:
         return None if self.secret else _flag(self.name)
 
     def allowed(self) -> str:
-        """The values it accepts, in words, for --help, errors and the README."""
+        """The values it accepts, in words, for --help, errors and the docs."""
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         if self.kind == "text":
@@ -310,7 +310,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def settings_table() -> str:
-    """The README's configuration table, from the declarations."""
+    """docs/configuration.md's settings table, from the declarations."""
     rows = ["| variable | flag | default | allowed | what |", "|---|---|---|---|---|"]
     for _, spec, default in declared():
         shown = _shown(default)

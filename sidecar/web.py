@@ -1,4 +1,4 @@
-"""The HTTP API (sidecar/openapi.json; README "HTTP API"): routes, validation, errors, auth.
+"""The HTTP API (sidecar/openapi.json; docs/http-api.md): routes, validation, errors, auth.
 
 Each handler parses its body (validation.py), calls one verb of the service
 (service.py) and maps the outcome to an answer. To add an endpoint: a handler here, its

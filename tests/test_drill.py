@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_docs_alarm import recommended_alarm
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -37,3 +39,14 @@ def test_sidecar_mode_interrupts_no_job_and_makes_minimal_calls(tmp_path):
     assert result["minimum_calls"] > 0
     assert result["update_calls"] <= result["minimum_calls"] * 1.1 + 2
     assert result["agent_puts"] <= result["update_calls"]  # each PUT is at least one ECS call
+    # The UnprotectedBusySeconds alarm of docs/monitoring.md stays quiet through the clean
+    # start, scale-in, deployment and scale-out: no run of breaching periods long enough to
+    # fire it. The metric itself is not 0 (each cold enable waits for ECS), so an alarm on
+    # "> 0" would have fired.
+    alarm = recommended_alarm()
+    breaching = [
+        total > float(alarm["Threshold"]) for total in result["unprotected_busy_by_period"]
+    ]
+    runs = "".join("x" if b else "." for b in breaching).split(".")
+    assert max(len(run) for run in runs) < int(alarm["DatapointsToAlarm"])
+    assert result["unprotected_busy_seconds"] > 0

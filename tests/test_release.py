@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,9 @@ def test_the_version_is_written_the_same_everywhere():
     openapi = json.loads((ROOT / "sidecar" / "openapi.json").read_text())
     task = json.loads((ROOT / "ecs" / "task-definition.json").read_text())
     [sidecar] = [c for c in task["containerDefinitions"] if c["name"] == "protection"]
-    readme = (ROOT / "README.md").read_text()
+    readme = "".join(
+        page.read_text() for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    )
     app_image = (ROOT / "examples" / "Dockerfile.app").read_text()
     assert importlib.metadata.version("ecs-protection-sidecar") == VERSION
     assert client["version"] == VERSION
@@ -103,3 +106,48 @@ def test_both_commands_print_their_version(command, distribution):
     )
     assert out.stdout.strip() == f"{command} {importlib.metadata.version(distribution)}"
     assert importlib.metadata.version(distribution) == VERSION
+
+
+def _project(directory: Path) -> dict[str, Any]:
+    return dict(tomllib.loads((directory / "pyproject.toml").read_text()))
+
+
+def test_the_test_extra_installs_the_api_backend_and_the_docs_tools():
+    """scripts/test installs `.[test]` alone: the api backend's tests and the docs checks
+    need boto3 and mkdocs from it."""
+    extras = _project(ROOT)["project"]["optional-dependencies"]
+    assert "ecs-protection-sidecar[api]" in extras["test"]
+    assert "ecs-protection-sidecar[docs]" in extras["test"]
+    assert "ecs-protection-sidecar[test]" in extras["bench"]
+
+
+def test_the_client_builds_with_a_setuptools_that_knows_pep_639():
+    requires = _project(ROOT / "client")["build-system"]["requires"]
+    assert requires == ["setuptools>=77"]  # `license = "Apache-2.0"` needs 77
+
+
+def test_the_client_says_what_it_is_on_the_package_index():
+    project = _project(ROOT / "client")["project"]
+    assert "Typing :: Typed" in project["classifiers"]
+    assert any(c.startswith("Development Status ::") for c in project["classifiers"])
+    assert any(c.startswith("Framework :: Celery") for c in project["classifiers"])
+    assert project["keywords"]
+    assert all(extra in project["description"] for extra in project["optional-dependencies"])
+
+
+def test_the_sidecars_index_page_is_short_and_links_only_to_absolute_addresses():
+    project = _project(ROOT)["project"]
+    assert project["readme"] == "README.pypi.md"
+    text = (ROOT / project["readme"]).read_text()
+    assert len(text.splitlines()) < 50
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert targets
+    assert all(target.startswith("https://") for target in targets), targets
+
+
+def test_the_sidecars_sdist_ships_no_tests():
+    """The tests need conftest.py and the fakes: a clone runs them, the sdist has none."""
+    rules = (ROOT / "MANIFEST.in").read_text().split()
+    assert {"tests", "benchmarks", "client"} <= {
+        rules[i + 1] for i, word in enumerate(rules) if word == "prune"
+    }

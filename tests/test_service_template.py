@@ -25,7 +25,7 @@ ROOT = Path(__file__).parent.parent
 TEMPLATE_PATH = ROOT / "ecs" / "service.yaml"
 TASK_DEFINITION_JSON = json.loads((ROOT / "ecs" / "task-definition.json").read_text())
 TASK_ROLE_POLICY_JSON = json.loads((ROOT / "ecs" / "task-role-policy.json").read_text())
-README = (ROOT / "README.md").read_text()
+GUIDE = (ROOT / "docs" / "cloudformation.md").read_text()
 
 # What the template adds to the app container on purpose: where its jobs come from.
 TEMPLATE_ONLY_APP_ENVIRONMENT = "QUEUE_URL"
@@ -558,13 +558,12 @@ def test_metric_is_visible_messages_per_running_task(create_queue, refs):
     assert len(metrics) == 3
 
 
-# ---- the README's deploy command -------------------------------------------------------
+# ---- the guide's deploy command -------------------------------------------------------
 
 
 def readme_deploy_command() -> list[str]:
-    section = README.split("## On ECS", 1)[1].split("\n## ", 1)[0]
-    found = re.search(r"^aws cloudformation deploy .*?(?<!\\)$", section, re.MULTILINE | re.DOTALL)
-    assert found, "no `aws cloudformation deploy` command in the README's On ECS section"
+    found = re.search(r"^aws cloudformation deploy .*?(?<!\\)$", GUIDE, re.MULTILINE | re.DOTALL)
+    assert found, "no `aws cloudformation deploy` command in docs/cloudformation.md"
     return shlex.split(found[0].replace("\\\n", " "))
 
 
@@ -581,7 +580,7 @@ def readme_parameter_overrides() -> dict[str, str]:
 
 
 def test_readme_deploy_command_fits_the_template():
-    """The one command in the README passes every parameter without a default, only
+    """The one command of the guide passes every parameter without a default, only
     parameters that exist, and the capability the IAM roles need."""
     words = readme_deploy_command()
     assert words[words.index("--template-file") + 1] == "ecs/service.yaml"
@@ -590,7 +589,7 @@ def test_readme_deploy_command_fits_the_template():
     assert required <= readme_parameter_overrides().keys() <= PARAMETERS.keys()
 
 
-# ---- the README's parameters, deployed in moto -----------------------------------------
+# ---- the guide's parameters, deployed in moto -----------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:Tried to parse AWS")  # its scaling resources
