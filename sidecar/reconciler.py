@@ -62,8 +62,12 @@ class Reconciler:
 
     async def wait_changed(self, at_most: float) -> None:
         """Until the next notify(), or `at_most` seconds."""
+        # asyncio.timeout, never wait_for: on 3.11 wait_for loses a cancellation that
+        # comes as the event is set (a drain does both at once), and the task it ran in,
+        # EMF for one, then never ends and the sidecar never exits.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), at_most)
+            async with asyncio.timeout(at_most):
+                await self._changed.wait()
 
     def force_exit(self, code: int, reason: str) -> None:
         if self._forced is None:  # the first reason stands: later signals change nothing
@@ -104,7 +108,8 @@ class Reconciler:
             if action.until is not None:
                 timeout = max(0.0, action.until - self._clock.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _perform(self, call: Call) -> None:
         try:
@@ -143,6 +148,7 @@ class Reconciler:
                 return False
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
                 return machine.holds(lease_id) and machine.protected()
