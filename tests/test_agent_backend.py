@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,10 +22,14 @@ async def backend(agent):
 
 async def test_enable_then_get_then_disable(agent, backend):
     """The agent's answers become Protection values; the PUT bodies are what the agent expects."""
+    before = datetime.now(UTC)
     enabled = await backend.set(True, 5)
+    after = datetime.now(UTC)
     assert enabled.enabled
     assert enabled.expires_at is not None
-    assert 290 < (enabled.expires_at - datetime.now(UTC)).total_seconds() <= 300
+    # 5 minutes from the call, whenever it was answered (whole seconds: 1 s less).
+    lifetime = timedelta(minutes=5)
+    assert before + lifetime - timedelta(seconds=1) <= enabled.expires_at <= after + lifetime
     assert (await backend.get()).enabled
     disabled = await backend.set(False, 5)
     assert (disabled.enabled, disabled.expires_at) == (False, None)

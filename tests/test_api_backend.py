@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -28,10 +28,14 @@ async def test_enable_get_disable(cluster):
     task = cluster.run_task()
     backend = ApiBackend(cluster=cluster.name, task_arn=task)
     try:
+        before = datetime.now(UTC)
         enabled = await backend.set(True, 30)
+        after = datetime.now(UTC)
         assert enabled.enabled
         assert enabled.expires_at is not None
-        assert 1790 < (enabled.expires_at - datetime.now(UTC)).total_seconds() <= 1800
+        # 30 minutes from the call, whenever it was answered (whole seconds: 1 s less).
+        lifetime = timedelta(minutes=30)
+        assert before + lifetime - timedelta(seconds=1) <= enabled.expires_at <= after + lifetime
         assert cluster.protected(task)
         assert (await backend.get()).enabled
         disabled = await backend.set(False, 30)

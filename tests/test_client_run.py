@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -199,12 +198,11 @@ def test_a_hung_or_slow_sidecar_cannot_hold_sigterm_past_the_hold_timeout(
             ["--hold-timeout", str(hold), "--poll-seconds", "0.05"], sidecar.url, recorded
         )
         try:
-            began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             recorded.wait_for(str(int(signal.SIGTERM)))
-            took = time.monotonic() - began
+            # The call never ends by itself: still open, so the forward did not wait for it
+            # (the old wait ended only with the client's 5 s timeout). No clock is read.
             assert sidecar.outstanding(pending), "the call ended before SIGTERM was forwarded"
-            assert took < hold + 4.0  # the old wait took the client's 5 s timeout at least
             assert proc.wait(timeout=30) == 0
             log = proc.stderr.read() if proc.stderr else ""
             assert logged in log

@@ -207,10 +207,11 @@ def test_heartbeats_keep_a_long_task_protected_and_a_killed_workers_lease_ends_b
         assert_saw_its_own_lease(record, "celery")
 
     worker.kill_all()
-    killed = time.monotonic()
     assert [name for name in lease_names(sidecar) if name.startswith(f"celery-{long}-")]
-    wait_until(lambda: not lease_names(sidecar), timeout=ttl + 5, what="the lease expired")
-    assert time.monotonic() - killed <= ttl + 4  # the TTL ended it (a loaded machine is slow)
+    wait_until(lambda: not lease_names(sidecar), timeout=60, what="the lease expired")
+    # The TTL ended it, not a release from the killed worker: the sidecar says which.
+    expired = sidecar.wait_for_log("expired without a heartbeat")["message"]
+    assert f"celery-{long}-" in expired
 
 
 def test_the_readme_example_runs_its_job_inside_a_lease(redis_db, sidecar, workers):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -174,10 +173,11 @@ def test_heartbeats_keep_a_long_job_protected_and_a_killed_workers_lease_ends_by
         assert_saw_its_own_lease(record, "rq")
 
     worker.signal(signal.SIGKILL)
-    killed = time.monotonic()
     assert [name for name in lease_names(sidecar) if name.startswith(f"rq-{long}-")]
-    wait_until(lambda: not lease_names(sidecar), timeout=ttl + 5, what="the lease expired")
-    assert time.monotonic() - killed <= ttl + 4  # the TTL ended it (a loaded machine is slow)
+    wait_until(lambda: not lease_names(sidecar), timeout=60, what="the lease expired")
+    # The TTL ended it, not a release from the killed worker: the sidecar says which.
+    expired = sidecar.wait_for_log("expired without a heartbeat")["message"]
+    assert f"rq-{long}-" in expired
     count = len(ticks())
     wait_until(lambda: len(ticks()) > count, timeout=10, what="the horse still working")
 

@@ -335,7 +335,7 @@ def delivered(connection: Any, task: Any) -> Any:
     """The task sent to the in-memory broker and received as the worker's main process
     receives it: a Request of the task's (protected) Request class."""
     task.apply_async(args=(7,), task_id="put-back-1", queue="jobs")
-    message = connection.SimpleQueue("jobs").get(timeout=5)
+    message = connection.SimpleQueue("jobs").get(timeout=60)
     request_class = symbol_by_name(task.Request)
     return request_class(
         message,
@@ -403,7 +403,7 @@ def test_celery_a_task_a_child_started_is_acknowledged_at_the_shutdowns_end(monk
         queue = connection.SimpleQueue("jobs")
         for task_id in ("ran-1", "waiting-1"):
             app.send_task("jobs.any", task_id=task_id, queue="jobs")
-        ran, waiting = queue.get(timeout=5), queue.get(timeout=5)
+        ran, waiting = queue.get(timeout=60), queue.get(timeout=60)
         monkeypatch.setattr(_celery_shutdown, "current_process", _PoolChild)
         _celery_shutdown.note_start("ran-1")
         flag = _celery_shutdown._shutting_down

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +20,9 @@ async def test_a_thousand_leases_from_64_clients_while_the_backend_struggles(aio
     agent.fail(fa.ecs_error(), times=3)  # ...and throttling first
     async with running_sidecar(aiohttp_client, agent, max_leases=LEASES) as sidecar:
         base = str(sidecar.client.make_url(""))
-        health_latencies: list[float] = []
+        # How many /busy answers had come when each /healthz answer came: counts, not
+        # seconds, so that a slow machine slows both sides alike.
+        busy_answers_at_health: list[int] = []
         statuses: list[int] = []
 
         async def worker(n: int, session: aiohttp.ClientSession) -> None:
@@ -32,10 +33,9 @@ async def test_a_thousand_leases_from_64_clients_while_the_backend_struggles(aio
 
         async def health(session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
             while not stop.is_set():
-                began = time.monotonic()
                 async with session.get(base + "/healthz") as answer:
                     assert answer.status == 200
-                health_latencies.append(time.monotonic() - began)
+                busy_answers_at_health.append(len(statuses))
                 await asyncio.sleep(0.01)
 
         connector = aiohttp.TCPConnector(limit=CLIENTS + 1)
@@ -51,8 +51,10 @@ async def test_a_thousand_leases_from_64_clients_while_the_backend_struggles(aio
         _, state = await sidecar.get("/state")
         assert state["lease_count"] == LEASES  # nothing lost
         assert all(sidecar.service.holds(f"job-{i}") for i in range(LEASES))
-        assert health_latencies
-        assert max(health_latencies) < 5.0  # /healthz kept answering throughout
+        # /healthz kept answering throughout: between the first and the last /busy
+        # answer, not only before or after the flood.
+        during = {n for n in busy_answers_at_health if 0 < n < LEASES}
+        assert len(during) >= 3, busy_answers_at_health
 
         # Protection converges, with calls counted in busy periods, not in jobs.
         async with asyncio.timeout(30):

@@ -32,12 +32,14 @@ def spawn():
 
 
 def test_idle_sigterm_exits_zero_at_once(spawn):
-    sidecar = spawn()
-    began = time.monotonic()
+    # "At once": on the drain itself, not after its timeout, which is far beyond the
+    # wait below; the exit's reason says which it was (no clock is read).
+    sidecar = spawn({"TASK_PROTECTION_DRAIN_TIMEOUT_SECONDS": "3600"})
     sidecar.signal(signal.SIGTERM)
-    assert sidecar.wait() == 0
-    assert time.monotonic() - began < 10
-    assert sidecar.wait_for_log("exiting with code 0")["exit_code"] == 0
+    assert sidecar.wait(timeout=120) == 0
+    exiting = sidecar.wait_for_log("exiting with code 0")
+    assert exiting["exit_code"] == 0
+    assert exiting["message"] == "exiting with code 0: drained: no lease held"
 
 
 def test_sigint_drains_like_sigterm(spawn):
@@ -99,15 +101,15 @@ def test_a_waiting_busy_request_does_not_hold_the_exit(spawn):
 
     waiter = threading.Thread(target=wait_for_busy)
     waiter.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not sidecar.get("/state").json()["busy"]:
         time.sleep(0.05)
     sidecar.signal(signal.SIGTERM)
     # Two pending SIGTERMs merge into one in the kernel: wait until the first is handled.
     sidecar.wait_for_log("SIGTERM: draining")
     sidecar.signal(signal.SIGTERM)
-    assert sidecar.wait(timeout=15) == 128 + signal.SIGTERM
-    waiter.join(timeout=15)
+    assert sidecar.wait(timeout=60) == 128 + signal.SIGTERM
+    waiter.join(timeout=60)
     assert not waiter.is_alive()
 
 
