@@ -112,13 +112,11 @@ def _project(directory: Path) -> dict[str, Any]:
     return dict(tomllib.loads((directory / "pyproject.toml").read_text()))
 
 
-def test_the_test_extra_installs_the_api_backend_and_the_docs_tools():
-    """scripts/test installs `.[test]` alone: the api backend's tests and the docs checks
-    need boto3 and mkdocs from it."""
-    extras = _project(ROOT)["project"]["optional-dependencies"]
-    assert "ecs-protection-sidecar[api]" in extras["test"]
-    assert "ecs-protection-sidecar[docs]" in extras["test"]
-    assert "ecs-protection-sidecar[test]" in extras["bench"]
+def test_development_dependencies_are_groups_not_published_extras():
+    """`test` and `bench` are not offered to users on the package index (PEP 735 groups)."""
+    sidecar = _project(ROOT)
+    assert set(sidecar["project"]["optional-dependencies"]) == {"api"}
+    assert {"test", "bench", "docs"} <= set(sidecar["dependency-groups"])
 
 
 def test_the_client_builds_with_a_setuptools_that_knows_pep_639():
