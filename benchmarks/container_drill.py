@@ -471,6 +471,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks at start")
     parser.add_argument("--jobs", type=int, default=defaults.jobs)
     parser.add_argument("--wave", type=int, default=defaults.wave, help="jobs per wave")
+    parser.add_argument(
+        "--wave-gap", type=float, default=defaults.wave_gap, help="seconds between waves"
+    )
     parser.add_argument("--grace", type=float, default=defaults.grace)
     parser.add_argument("--scale-every", type=float, default=defaults.scale_every)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -484,6 +487,7 @@ def main() -> None:
         tasks=args.tasks,
         jobs=args.jobs,
         wave=args.wave,
+        wave_gap=args.wave_gap,
         grace=args.grace,
         scale_every=args.scale_every,
         seed=args.seed,

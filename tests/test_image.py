@@ -212,7 +212,7 @@ def test_a_rebuild_after_a_source_change_ships_the_new_code(tmp_path, podman_sco
     stage's wheels is not rebuilt by buildah when only those wheels changed."""
     context = tmp_path / "context"
     context.mkdir()
-    for item in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "LICENSE"):
+    for item in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.pypi.md", "LICENSE"):
         shutil.copy(ROOT / item, context / item)
     for folder in ("sidecar", "requirements"):
         shutil.copytree(

@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from sidecar.server import Runner, _JsonErrorHandler, _JsonErrorServer
+from sidecar.server import _JsonErrorHandler, _JsonErrorServer, make_runner
 
 ROOT = Path(__file__).parent.parent
 PINS = {"": ROOT / "requirements" / "image.txt", "api": ROOT / "requirements" / "image-api.txt"}
@@ -101,21 +101,26 @@ def test_the_tests_run_on_the_pinned_aiohttp():
 async def test_the_override_reaches_what_the_pinned_aiohttp_has():
     """What sidecar/server.py relies on beyond aiohttp's public API, checked on this version:
     AppRunner._make_server builds a web.Server with _loop and _kwargs, which the override
-    passes on to RequestHandler; the methods it overrides keep their signatures."""
-    runner = Runner(web.Application())
+    passes on to RequestHandler (with the connection guard and header deadline); the
+    methods it overrides keep their signatures."""
+    runner = make_runner(web.Application())
     await runner.setup()
     try:
         server = runner.server
         assert type(server) is _JsonErrorServer
         handler = server()
         assert type(handler) is _JsonErrorHandler
+        assert handler.guard is runner.guard
+        assert handler.header_timeout == runner.header_timeout
         assert set(vars(server)) >= {"_loop", "_kwargs"}
     finally:
         await runner.cleanup()
-    ours = inspect.signature(_JsonErrorHandler.handle_error).parameters
-    theirs = inspect.signature(RequestHandler.handle_error).parameters
-    assert list(ours) == list(theirs)
+    for name in ("handle_error", "finish_response", "connection_made", "connection_lost"):
+        ours = inspect.signature(getattr(_JsonErrorHandler, name)).parameters
+        theirs = inspect.signature(getattr(RequestHandler, name)).parameters
+        assert list(ours) == list(theirs), name
     assert callable(RequestHandler.log_exception)
+    assert callable(RequestHandler.force_close)
 
 
 def test_nothing_in_the_dockerfile_is_architecture_specific():
