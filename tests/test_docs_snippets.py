@@ -239,14 +239,24 @@ _CLI_COMMANDS = {
         "stack-name",
         "capabilities",
         "parameter-overrides",
-    }
+    },
+    # The ECR login of every push: the CLI's own command around GetAuthorizationToken.
+    ("ecr", "get-login-password"): set(),
 }
 
 
 def _commands(code: str) -> list[list[str]]:
+    """Each command of each line; the commands of a pipeline one by one."""
     joined = code.replace("\\\n", " ")
     lines = [line for line in joined.splitlines() if line.strip()]
-    return [shlex.split(line, comments=True) for line in lines]
+    commands: list[list[str]] = []
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        while "|" in words:
+            commands.append(words[: words.index("|")])
+            words = words[words.index("|") + 1 :]
+        commands.append(words)
+    return [words for words in commands if words]
 
 
 def _check_aws(words: list[str]) -> None:
@@ -262,6 +272,7 @@ def _check_aws(words: list[str]) -> None:
         options = {option.replace("-", "") for option in options}
         assert options - {o.replace("-", "") for o in _GLOBAL_AWS_OPTIONS} <= known, options
     else:
+        options -= _GLOBAL_AWS_OPTIONS
         assert options <= known, options - known
     for word in words:
         if word.startswith("file://"):
