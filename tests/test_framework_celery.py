@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from celery import Celery
 
-from tests.celery_scenarios import drain_among_short_tasks, shutdown_race
+from tests.celery_scenarios import drain_among_short_tasks, shutdown_race, unacked
 from tests.framework_support import (
     BIN,
     ROOT,
@@ -65,6 +65,38 @@ def queued(redis_db: RedisDb) -> list[str]:
     """Task ids of the messages on the broker's `celery` queue."""
     messages = redis_db.client.lrange("celery", 0, -1)
     return [json.loads(message)["headers"]["id"] for message in messages]
+
+
+def test_a_retry_waiting_for_its_countdown_stays_on_the_broker_through_a_warm_shutdown(
+    redis_db, sidecar, workers, producer
+):
+    """The retry is a new message with the task's id, held by the worker (delivered, not
+    acknowledged) until its countdown ends. The shutdown's end must not take it for the
+    delivery that ran, and acknowledge it: the task would never run again."""
+    task_id = str(producer.send_task(f"{APP}.retried").id)
+    worker = start_worker(workers, redis_db, sidecar, "prefork", "-c", "1")
+    wait_for_record(redis_db, task_id, "start", worker=worker)
+    wait_until(lambda: task_id in unacked(redis_db), timeout=60, what="the retry held, unacked")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output
+    assert "ran during the shutdown" not in worker.output
+    assert Counter(queued(redis_db)) + Counter(unacked(redis_db)) == {task_id: 1}
+
+
+def test_an_acks_late_task_cut_by_a_cold_shutdown_stays_on_the_broker(
+    redis_db, sidecar, workers, producer
+):
+    """acks_late: the message is acknowledged when the task ends. A cold shutdown (SIGQUIT
+    after the SIGTERM) cuts it off, so its message must stay to run again."""
+    job = send(producer, seconds=60, ticks=1)
+    worker = start_worker(workers, redis_db, sidecar, "prefork", "-c", "1", PROBE_ACKS_LATE="1")
+    wait_for_record(redis_db, job, "start", worker=worker)
+    worker.signal(signal.SIGTERM)
+    worker.wait_for_output("Warm shutdown")
+    worker.signal(signal.SIGQUIT)
+    worker.wait()  # a cold shutdown's exit code is Celery's to choose
+    assert "ran during the shutdown" not in worker.output
+    assert Counter(queued(redis_db)) + Counter(unacked(redis_db)) == {job: 1}
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])

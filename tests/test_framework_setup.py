@@ -405,7 +405,7 @@ def test_celery_a_task_a_child_started_is_acknowledged_at_the_shutdowns_end(monk
             app.send_task("jobs.any", task_id=task_id, queue="jobs")
         ran, waiting = queue.get(timeout=60), queue.get(timeout=60)
         monkeypatch.setattr(_celery_shutdown, "current_process", _PoolChild)
-        _celery_shutdown.note_start("ran-1")
+        _celery_shutdown.note_start("ran-1", 0)
         flag = _celery_shutdown._shutting_down
         assert flag is not None
         _celery_shutdown.acknowledge_started(queue.consumer.channel)
@@ -417,3 +417,32 @@ def test_celery_a_task_a_child_started_is_acknowledged_at_the_shutdowns_end(monk
             flag._page[0] = 0
         assert ran.acknowledged
         assert not waiting.acknowledged
+
+
+@pytest.mark.parametrize("how", ["retry", "cold"])
+def test_celery_the_shutdowns_end_acknowledges_only_the_delivery_a_child_ran(monkeypatch, how):
+    """A retry is a new message with the task's id: the child ran the first delivery, not
+    the retry waiting for its countdown, which must stay on the broker. After a cold
+    shutdown nothing is acknowledged: what was cut off runs again rather than vanish."""
+    app = Celery("ending", broker="memory://", set_as_current=False)
+    protect(app, client=Client("http://127.0.0.1:1"))
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("jobs")
+        retries = 1 if how == "retry" else 0
+        app.send_task("jobs.any", task_id="ran-1", queue="jobs", retries=retries)
+        message = queue.get(timeout=60)
+        monkeypatch.setattr(_celery_shutdown, "current_process", _PoolChild)
+        _celery_shutdown.note_start("ran-1", 0)
+        flag = _celery_shutdown._shutting_down
+        assert flag is not None
+        celery_signals.worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm")
+        if how == "cold":
+            celery_signals.worker_shutting_down.send(
+                sender="celery@test", sig="SIGQUIT", how="Cold"
+            )
+        try:
+            assert _celery_shutdown.began()
+            _celery_shutdown.acknowledge_started(queue.consumer.channel)
+        finally:
+            flag._page[0] = 0
+        assert not message.acknowledged

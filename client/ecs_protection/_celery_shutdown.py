@@ -20,9 +20,12 @@ and raises `NotStarted` (a requeueing `Reject`) instead of running:
 The other side of the same race: a child starts a task just before the flag is set,
 and the main process, stopping, never reads that child's word that it accepted it, so
 the message would be restored although the task ran. Each child therefore notes the
-task it starts in a slot of the shared page, and at the end of the shutdown, before
-the connection closes, the main process acknowledges the messages still unacknowledged
-of tasks that a child started (see acknowledge_started).
+delivery it runs (the task id and its retry count: a retry is a new message with the
+same id) in a slot of the shared page once its lease is held, and at the end of a warm
+shutdown, before the connection closes, the main process acknowledges the messages
+still unacknowledged of deliveries that a child ran (see acknowledge_started). Never
+for `acks_late` tasks: their message is acknowledged by the task's end, and one cut
+off (a cold shutdown) must stay on the broker to run again.
 """
 
 from __future__ import annotations
@@ -52,18 +55,24 @@ class NotStarted(Reject):
     """Raised instead of running a task that a warm shutdown found not started."""
 
 
-_DIGEST = 16  # bytes of a task id's hash: a slot's size
+_DIGEST = 16  # bytes of a delivery's hash: a slot's size
 _SLOTS = 1024  # pool children (by index) that can note their task: -c 1024 at most
 _FIRST_SLOT = 64
 
 
-def _digest(task_id: str) -> bytes:
-    return hashlib.blake2b(task_id.encode(), digest_size=_DIGEST).digest()
+# The flag's values: which shutdown began (a cold one may follow a warm one).
+_RUNNING, _WARM, _COLD = 0, 1, 2
+
+
+def _digest(task_id: str, retries: int) -> bytes:
+    key = f"{task_id}\0{retries}".encode()
+    return hashlib.blake2b(key, digest_size=_DIGEST).digest()
 
 
 class _SharedFlag:
     """Anonymous shared memory: the flag the main process sets, and per pool child the
-    task it started last (a hash of its id), which the main process reads.
+    delivery it ran last (a hash of the task id and retry count), which the main
+    process reads.
 
     Made before the pool forks (at protect()), so that every child, including those
     forked later to replace others, maps the same pages.
@@ -73,18 +82,22 @@ class _SharedFlag:
         # MAP_SHARED: a write is seen by every fork.
         self._page = mmap.mmap(-1, _FIRST_SLOT + _SLOTS * _DIGEST)
 
-    def set(self) -> None:
-        self._page[0] = 1  # one byte: safe to write from a signal handler
+    def set(self, *, cold: bool = False) -> None:
+        # One byte: safe to write from a signal handler. Cold stays cold.
+        self._page[0] = _COLD if cold or self._page[0] == _COLD else _WARM
 
     def is_set(self) -> bool:
-        return self._page[0] == 1
+        return self._page[0] != _RUNNING
 
-    def note_start(self, slot: int, task_id: str) -> None:
+    def is_warm(self) -> bool:
+        return self._page[0] == _WARM
+
+    def note_start(self, slot: int, task_id: str, retries: int) -> None:
         at = _FIRST_SLOT + slot * _DIGEST
-        self._page[at : at + _DIGEST] = _digest(task_id)
+        self._page[at : at + _DIGEST] = _digest(task_id, retries)
 
-    def started(self, task_id: str) -> bool:
-        wanted = _digest(task_id)
+    def started(self, task_id: str, retries: int) -> bool:
+        wanted = _digest(task_id, retries)
         page = self._page
         return any(
             page[at : at + _DIGEST] == wanted
@@ -103,9 +116,9 @@ def install() -> None:
         signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
 
 
-def _on_worker_shutting_down(**_: object) -> None:
+def _on_worker_shutting_down(how: object = "Warm", **_: object) -> None:
     if _shutting_down is not None:
-        _shutting_down.set()
+        _shutting_down.set(cold=how == "Cold")
 
 
 def began() -> bool:
@@ -113,30 +126,36 @@ def began() -> bool:
     return _shutting_down is not None and _shutting_down.is_set()
 
 
-def note_start(task_id: str) -> None:
-    """In a pool child: this task starts (only prefork children have an index)."""
+def note_start(task_id: str, retries: int) -> None:
+    """In a pool child: this delivery runs now, its lease held (only prefork children
+    have an index). Not for acks_late tasks (see the module's docstring)."""
     index = getattr(current_process(), "index", None)
     if _shutting_down is not None and isinstance(index, int) and 0 <= index < _SLOTS:
-        _shutting_down.note_start(index, task_id)
+        _shutting_down.note_start(index, task_id, retries)
 
 
 def acknowledge_started(channel: object) -> None:
-    """At the end of a shutdown: acknowledge what a child started but nobody acknowledged.
+    """At the end of a warm shutdown: acknowledge what a child ran but nobody acknowledged.
 
     `channel` is the task consumer's; kombu's virtual transports (Redis, SQS) keep the
     messages delivered and not acknowledged in `qos._delivered`, which the connection's
     close puts back on the queue. Other transports: nothing to do here (nothing read).
+    After a cold shutdown nothing is acknowledged: its tasks were cut off, and a message
+    still unacknowledged is better run again than lost.
     """
-    if _shutting_down is None or not _shutting_down.is_set():
+    if _shutting_down is None or not _shutting_down.is_warm():
         return
     delivered = getattr(getattr(channel, "qos", None), "_delivered", None)
     if not isinstance(delivered, dict):
         return
     for message in list(delivered.values()):
-        task_id = (getattr(message, "headers", None) or {}).get("id")
-        if not isinstance(task_id, str) or message.acknowledged:
+        headers = getattr(message, "headers", None) or {}
+        task_id, retries = headers.get("id"), headers.get("retries") or 0
+        if not isinstance(task_id, str) or not isinstance(retries, int):
             continue
-        if _shutting_down.started(task_id):
+        if message.acknowledged:
+            continue
+        if _shutting_down.started(task_id, retries):
             message.ack()
             log.info("task %s ran during the shutdown: its message is acknowledged", task_id)
 

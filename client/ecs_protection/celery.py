@@ -196,13 +196,15 @@ def _protected(
                 request.id,
             )
             raise _celery_shutdown.NotStarted("the worker is shutting down", requeue=True)
-        _celery_shutdown.note_start(request.id or "")
         try:
             held = protection.lease.hold("celery", request.id or "")
         except TaskDrainingError:
             protection.notice.tell()  # the worker stops taking tasks now
             _hand_back(task)
         with held:
+            # Noted only once it runs: a task handed back above never ran.
+            if not task.acks_late:
+                _celery_shutdown.note_start(request.id or "", request.retries or 0)
             return run(*args, **kwargs)
 
     setattr(run_protected, _WRAPPED, True)

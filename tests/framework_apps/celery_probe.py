@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 import ecs_protection
 import ecs_protection.celery
 from tests.framework_apps.probe import job
+
+if TYPE_CHECKING:
+    from celery import Task
 
 URL = os.environ["PROBE_REDIS_URL"]
 
@@ -32,3 +36,13 @@ ecs_protection.default_client().state()
 @app.task
 def work(seconds: float = 0.0, ticks: int = 0) -> str:
     return job(URL, work.request.id or "", seconds, ticks)
+
+
+@app.task(bind=True, max_retries=3)
+def retried(self: Task[[], str]) -> str:
+    """Its first delivery asks for a retry in 30 s: an ETA message the worker then holds,
+    delivered and not acknowledged, until the countdown ends."""
+    if not self.request.retries:
+        job(URL, self.request.id or "", 0, 0)  # a "start" record: the first delivery ran
+        raise self.retry(countdown=30)
+    return job(URL, self.request.id or "", 0, 0)
