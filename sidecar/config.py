@@ -247,8 +247,13 @@ class Config:
         if token is not None and (
             len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token
         ):
+            source = (
+                f"the token in TASK_PROTECTION_TOKEN_FILE={self.token_file!r}"
+                if self.token_file
+                else "TASK_PROTECTION_TOKEN"
+            )
             yield (
-                "TASK_PROTECTION_TOKEN: must be at least 16 printable ASCII characters without "
+                f"{source}: must be at least 16 printable ASCII characters without "
                 "spaces (it travels in an HTTP header)"
             )
 
@@ -399,9 +404,14 @@ def _token(token: str | None, path: str | None, problems: list[str]) -> str | No
             "not a token"
         )
         return None
-    # One trailing newline, as `echo` and most editors write it; anything else is kept,
-    # so that a stray character fails the token check instead of changing the token.
-    text = data.decode("utf-8", errors="replace").removesuffix("\n")
+    # One trailing line end (LF, or CRLF from an editor on Windows), as the client reads
+    # the same file; anything else is kept, so that a stray character fails the token
+    # check instead of changing the token.
+    for line_end in (b"\r\n", b"\n"):
+        if data.endswith(line_end):
+            data = data[: -len(line_end)]
+            break
+    text = data.decode("utf-8", errors="replace")
     if not text:
         problems.append(f"TASK_PROTECTION_TOKEN_FILE={path!r} is empty")
         return None

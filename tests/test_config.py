@@ -234,6 +234,27 @@ def test_the_token_can_come_from_a_file(tmp_path):
     assert flagged.token == "a-long-enough-token-value"
 
 
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"], ids=["none", "LF", "CRLF"])
+def test_the_sidecar_and_the_client_read_a_token_file_alike(tmp_path, ending):
+    """One secret file mounted in both containers: the same token on both sides, or
+    every POST of the app would be refused (401)."""
+    from ecs_protection._protocol import Settings  # noqa: PLC0415  (the client's side)
+
+    path = tmp_path / "token"
+    path.write_bytes(b"a-long-enough-token-value" + ending)
+    env = {"TASK_PROTECTION_TOKEN_FILE": str(path)}
+    assert Config.from_environ(env).token == Settings.from_environ(env).token
+    assert Settings.from_environ(env).token == "a-long-enough-token-value"
+
+
+def test_a_bad_token_from_a_file_names_the_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("short\n")
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(path)})
+    assert any("TASK_PROTECTION_TOKEN_FILE" in problem for problem in caught.value.problems)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
