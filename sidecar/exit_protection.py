@@ -59,6 +59,8 @@ async def switch_off_before_exit(
         why = f"no answer within {budget:g}s"
     except BackendError as exc:
         why = f"{exc.code}: {exc.message}"
+    except Exception as exc:  # noqa: BLE001  (a backend's bug must not turn the exit into a crash)
+        why = f"{type(exc).__name__}: {exc}"[:300]
     else:
         log.info(
             "protection switched off before exiting: no lease held",

@@ -5,11 +5,17 @@ the fake agent (slow, as the real one is) and a fake task metadata endpoint."""
 
 from __future__ import annotations
 
+import logging
 import signal
 
 import pytest
 
+from sidecar.backends.base import BackendError, Protection
+from sidecar.exit_protection import switch_off_before_exit
+from sidecar.machine import Policy
+from sidecar.service import ProtectionService
 from tests.fakes.agent import hang
+from tests.fakes.clock import FakeClock
 from tests.fakes.metadata import FakeMetadata
 from tests.fakes.threaded import ThreadedServer
 from tests.processes import SidecarProcess
@@ -111,3 +117,35 @@ def test_leases_held_at_the_drain_timeout_keep_protection_on(agent_in_thread, me
         assert disables(agent_in_thread) == []
     finally:
         sidecar.stop()
+
+
+class BrokenBackend:
+    """A backend with a bug: its disable raises what no backend should (not BackendError)."""
+
+    name = "agent"
+
+    def __init__(self) -> None:
+        self.sets: list[bool] = []
+
+    async def get(self) -> Protection:
+        raise BackendError("Unreachable", "not read yet", retryable=True)
+
+    async def set(self, enabled: bool, expires_minutes: int) -> Protection:  # noqa: ARG002
+        self.sets.append(enabled)
+        raise RuntimeError("a bug in the backend")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_backend_bug_during_the_switch_off_is_logged_not_raised(caplog):
+    """Never read (so possibly on): the exit tries one disable, which raises a bug's
+    error; the exit goes on, with exit_switch_off_failed in the log."""
+    caplog.set_level(logging.INFO)
+    backend = BrokenBackend()
+    service = ProtectionService(Policy(), backend, FakeClock(), max_leases=10)
+    assert service.protection_left_on()
+    await switch_off_before_exit(service, None)
+    assert backend.sets == [False]
+    [failed] = [r for r in caplog.records if getattr(r, "event", "") == "exit_switch_off_failed"]
+    assert "RuntimeError: a bug in the backend" in failed.getMessage()
