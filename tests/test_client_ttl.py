@@ -110,6 +110,22 @@ def test_the_bounds_themselves_are_accepted(fake, client):
     assert [b["ttl_seconds"] for b in fake.posts("/busy")] == [MIN_TTL, MAX_TTL]
 
 
+@pytest.mark.parametrize("prefix", ["my job", "x" * 112, "", "é"])
+def test_a_lease_prefix_the_sidecar_would_refuse_is_refused_before_any_request(
+    fake, client, prefix
+):
+    """The sidecar answers 400 to a lease id outside [A-Za-z0-9._:-]{1,128}: said here,
+    as a bad argument, not later as the sidecar's error (the CLI's exit 76)."""
+    with pytest.raises(ValueError, match="lease prefix"):
+        client.hold(lease_prefix=prefix)
+    with pytest.raises(ValueError, match="lease prefix"), busy(client=client, lease_prefix=prefix):
+        pytest.fail("the block must not run")
+    assert fake.seen == []
+    with client.hold(lease_prefix="x" * 111):  # the longest that fits: accepted
+        pass
+    assert len(fake.posts("/busy")[0]["lease"]) == 128
+
+
 def test_a_wait_beyond_the_sidecars_maximum_is_refused(fake, client):
     with pytest.raises(ValueError, match="wait_seconds"):
         client.hold(wait_seconds=301)
@@ -124,6 +140,9 @@ def test_a_wait_beyond_the_sidecars_maximum_is_refused(fake, client):
         ["--ttl", "1e-300"],
         ["--ttl", "0.5"],
         ["--wait-seconds", "1e12"],
+        ["--lease-prefix", "my job"],
+        ["--lease-prefix", "x" * 112],
+        ["--lease-prefix", ""],
     ],
 )
 def test_cli_out_of_range_values_are_one_line_and_exit_2(fake, tmp_path, args):

@@ -33,7 +33,13 @@ from ecs_protection._errors import (
     TaskDrainingError,
     TooManyLeasesError,
 )
-from ecs_protection._protocol import DEFAULT_TTL_SECONDS, Settings, check_ttl, check_wait
+from ecs_protection._protocol import (
+    DEFAULT_TTL_SECONDS,
+    Settings,
+    check_lease_prefix,
+    check_ttl,
+    check_wait,
+)
 from ecs_protection._sync import Client
 from ecs_protection._wrapper import Wrapper
 
@@ -189,6 +195,14 @@ def _ttl(text: str) -> float:
     return value
 
 
+def _lease_prefix(text: str) -> str:
+    """An argparse type: a prefix of lease ids the sidecar accepts."""
+    try:
+        return check_lease_prefix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _wait(text: str) -> float:
     """An argparse type: a wait for confirmation the sidecar accepts."""
     value = seconds()(text)
@@ -239,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     busy.add_argument(
         "--lease-prefix",
+        type=_lease_prefix,
         default="cli",
         metavar="PREFIX",
         help="start of the lease id: each run takes its own lease, PREFIX-<16 hex digits>, "

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -179,9 +180,24 @@ def check_wait(wait_seconds: float | None) -> None:
         )
 
 
+# A lease id is what the sidecar accepts ([A-Za-z0-9._:-], 1 to 128 characters); the
+# prefix leaves room for the "-" and 16 hex digits each use adds.
+_LEASE_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,111}")
+
+
+def check_lease_prefix(prefix: object) -> str:
+    """`prefix` if the sidecar will accept the lease ids made from it, else ValueError."""
+    if not isinstance(prefix, str) or not _LEASE_PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"lease prefix {prefix!r}: 1 to 111 of the characters A-Z a-z 0-9 . _ : - "
+            "(the sidecar refuses any other lease id)"
+        )
+    return prefix
+
+
 def new_lease_id(prefix: str = "job") -> str:
     """A lease id unique to one use of busy(): the prefix plus 16 random hex digits."""
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    return f"{check_lease_prefix(prefix)}-{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)
