@@ -1,6 +1,6 @@
 """`ecs-protection`: busy -- CMD, run -- CMD (a PID-1 wrapper), state.
 
-Exit codes (also in the README):
+Exit codes (also in docs/client.md):
   CMD's own code, or 128+N when signal N ended it
   2    usage: a bad flag or environment value (one line on stderr)
   69   the sidecar is unreachable (state; busy when strict or --require-protection),

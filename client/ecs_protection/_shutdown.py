@@ -7,7 +7,7 @@
             handle(message)
         delete(message)      # the ack: runs for the job that was in progress
 
-The rule (also in the README):
+The rule (also in docs/shutdown.md):
 
 - SIGTERM while idle raises SystemExit at once: there is no job to lose. Idle means
   no busy() block runs and the code after the last one is done: every thread that

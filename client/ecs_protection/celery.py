@@ -3,7 +3,7 @@
     app = Celery("jobs", broker=...)
     ecs_protection.celery.protect(app)
 
-What it does (the README's Celery section says it for operators):
+What it does (docs/frameworks.md says it for operators):
 
 - Each task of the app takes its own lease right before its body runs, in the process
   or thread that runs it (a prefork child, a thread of the threads pool, the solo

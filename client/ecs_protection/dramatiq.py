@@ -2,7 +2,7 @@
 
     broker.add_middleware(ecs_protection.dramatiq.EcsProtection())
 
-What it does (the README's Dramatiq section says it for operators):
+What it does (docs/frameworks.md says it for operators):
 
 - Each message takes its own lease right before its actor runs, in the worker thread
   that runs it, with a TTL and heartbeats, and gives it back when the actor ends.

@@ -3,7 +3,7 @@
     rq worker -w ecs_protection.rq.Worker            # forks a work horse per job
     rq worker -w ecs_protection.rq.SimpleWorker      # runs jobs in the worker itself
 
-What it does (the README's RQ section says it for operators):
+What it does (docs/frameworks.md says it for operators):
 
 - The worker process takes the job's lease before the work horse is forked and gives
   it back after the horse has ended, with a TTL and heartbeats from a thread of the
