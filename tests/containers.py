@@ -183,11 +183,13 @@ class PodmanScope:
         self.close()
 
 
-def wait_until(
+def poll_until(
     check: Callable[[], object], what: str, timeout: float = 120.0, interval: float = 0.5
 ) -> object:
-    """Poll CHECK until it returns something truthy; fail after TIMEOUT (a generous deadline
-    for a loaded machine, never a speed claim) saying what did not happen."""
+    """Poll CHECK until it returns something truthy, and return that; fail after TIMEOUT (a
+    generous deadline for a loaded machine, never a speed claim) saying what did not
+    happen. Slower than tests.support.wait_until on purpose: each check may be a podman
+    command."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()

@@ -25,7 +25,7 @@ from tests.containers import (
     http_inside,
     inspect,
     podman,
-    wait_until,
+    poll_until,
 )
 
 pytestmark = pytest.mark.container
@@ -59,7 +59,7 @@ def healthy(name: str) -> bool:
 
 
 def wait_healthy(name: str) -> None:
-    wait_until(lambda: healthy(name), f"{name} reports healthy", HEALTHY_DEADLINE, interval=1)
+    poll_until(lambda: healthy(name), f"{name} reports healthy", HEALTHY_DEADLINE, interval=1)
 
 
 def log_records(name: str) -> list[dict[str, object]]:
@@ -126,7 +126,7 @@ def test_sigterm_with_a_lease_held_waits_for_idle_then_exits_0(podman_scope):
     def draining() -> bool:
         return http_inside(name, "GET", "/state")[1]["draining"] is True
 
-    wait_until(draining, "the sidecar drains on SIGTERM")
+    poll_until(draining, "the sidecar drains on SIGTERM")
     # Still running and still holding the lease: it waits for the job, not for a timer.
     status, body = http_inside(name, "POST", "/busy", '{"lease": "job-2"}')
     assert (status, body["error"]["code"]) == (503, "Draining")
