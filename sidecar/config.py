@@ -15,10 +15,11 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import ipaddress
+import os
 import re
+import stat
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
@@ -393,8 +394,7 @@ def _token(token: str | None, path: str | None, problems: list[str]) -> str | No
         )
         return token
     try:
-        with Path(path).open("rb") as file:
-            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
+        data = read_small_file(path, MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
         problems.append(f"TASK_PROTECTION_TOKEN_FILE={path!r} cannot be read: {exc.strerror}")
         return None
@@ -535,3 +535,21 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def read_small_file(path: str, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file `path`; OSError for anything else.
+
+    Opened without blocking and checked before reading: a FIFO (or a device) named by
+    mistake would block the open or the read for good, before the signal handlers can
+    end the process.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(0, "not a regular file")
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            return file.read(limit)
+    finally:
+        os.close(descriptor)

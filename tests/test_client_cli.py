@@ -351,6 +351,17 @@ def test_a_bad_token_file_is_a_one_line_error(tmp_path, content, needle):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_token_file_that_is_no_regular_file_is_refused_without_blocking(tmp_path, kind):
+    """A FIFO would block the open until a writer came (never); a device the read."""
+    path = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path)
+    named = str(path) if kind == "fifo" else "/dev/zero"
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        Settings.from_environ({"TASK_PROTECTION_TOKEN_FILE": named})
+
+
 def test_a_directory_as_token_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigurationError, match="cannot read"):
         Settings.from_environ({"TASK_PROTECTION_TOKEN_FILE": str(tmp_path)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,17 @@ def test_the_sidecar_and_the_client_read_a_token_file_alike(tmp_path, ending):
     env = {"TASK_PROTECTION_TOKEN_FILE": str(path)}
     assert Config.from_environ(env).token == Settings.from_environ(env).token
     assert Settings.from_environ(env).token == "a-long-enough-token-value"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_token_file_that_is_no_regular_file_is_refused_without_blocking(tmp_path, kind):
+    """A FIFO would block the open until a writer came (never), and the sidecar's signal
+    handlers are installed by then: not even SIGTERM would end it."""
+    named = {"fifo": str(tmp_path / "token"), "device": "/dev/zero", "directory": str(tmp_path)}
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "token")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Config.from_environ({"TASK_PROTECTION_TOKEN_FILE": named[kind]})
 
 
 def test_a_bad_token_from_a_file_names_the_file(tmp_path):

@@ -13,10 +13,10 @@ import logging
 import math
 import os
 import re
+import stat
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ecs_protection import _fork
@@ -97,6 +97,23 @@ def _checked_url(name: str, url: str) -> str:
     return url.strip().rstrip("/")
 
 
+def _read_small_file(path: str, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file `path`; OSError for anything else.
+
+    Opened without blocking and checked before reading: a FIFO (or a device) named by
+    mistake would block the open or the read for good.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(0, "not a regular file")
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            return file.read(limit)
+    finally:
+        os.close(descriptor)
+
+
 def _token_from(env: Mapping[str, str]) -> str | None:
     """TASK_PROTECTION_TOKEN, or the content of the file TASK_PROTECTION_TOKEN_FILE names.
 
@@ -111,8 +128,7 @@ def _token_from(env: Mapping[str, str]) -> str | None:
     if token is not None:
         raise ConfigurationError(f"set TASK_PROTECTION_TOKEN or {name}, not both")
     try:
-        with Path(path).open("rb") as file:
-            raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+        raw = _read_small_file(path, MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigurationError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
     if len(raw) > MAX_TOKEN_FILE_BYTES:
