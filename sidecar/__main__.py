@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 EXIT_CONFIG = 2
+# At exit, how long the queued log lines and EMF records may take to be written.
+EXIT_FLUSH_SECONDS = 2.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"ecs-protection-sidecar: invalid configuration: {exc}\n")
         return EXIT_CONFIG
+    finally:
+        # The last lines (the exit's) go out, unless nobody reads them: then the exit
+        # does not wait for a reader that may never come.
+        from sidecar import emf  # noqa: PLC0415
+
+        emf.flush(EXIT_FLUSH_SECONDS)
+        logs.flush(EXIT_FLUSH_SECONDS)
 
 
 def run() -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.backends.base import BackendError
 from sidecar.metadata import fetch_task
+from sidecar.output import LineWriter, stream_fd
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -161,6 +162,36 @@ class EmfReporter:
         return {}  # pragma: no cover - the loop returns
 
 
+def _dropped(why: str) -> None:
+    log.warning(
+        "EMF records are dropped while stdout cannot take them (%s)",
+        why,
+        extra={"event": "emf_dropped"},
+    )
+
+
+def _recovered(count: int) -> None:
+    log.warning(
+        "%d EMF record(s) dropped while stdout could not take them",
+        count,
+        extra={"event": "emf_recovered", "dropped": count},
+    )
+
+
+_writer: LineWriter | None = None
+
+
 def _stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Through a LineWriter: a stdout nobody reads must not block the event loop."""
+    global _writer  # noqa: PLW0603  (one writer for the process's stdout)
+    if _writer is None:
+        # Started without a stdout, its number may be a socket's now: never written to;
+        # a writer with nowhere to write drops every record, said once.
+        fd = stream_fd(sys.stdout)
+        _writer = LineWriter(-1 if fd is None else fd, on_dropped=_dropped, on_recovered=_recovered)
+    _writer.write(text)
+
+
+def flush(timeout: float) -> bool:
+    """Write out the records still queued, for at most `timeout` seconds (at exit)."""
+    return _writer is None or _writer.flush(timeout)

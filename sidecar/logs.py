@@ -9,6 +9,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from sidecar.clock import rfc3339
+from sidecar.output import LineWriter, stream_fd
 
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -36,8 +37,52 @@ class _Text(logging.Formatter):
         return line
 
 
+class _LineHandler(logging.Handler):
+    """Each record as one line through a LineWriter: logging never blocks the event loop,
+    even when nobody reads stderr (see output.py)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.writer = LineWriter(fd, on_recovered=self._recovered)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record))
+        except Exception:  # noqa: BLE001  (logging's own rule: a log line never raises)
+            self.handleError(record)
+
+    def _recovered(self, dropped: int) -> None:
+        record = logging.makeLogRecord(
+            {
+                "name": "sidecar.logs",
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "%d log line(s) dropped: stderr was not being read",
+                "args": (dropped,),
+                "event": "log_lines_dropped",
+                "dropped": dropped,
+            }
+        )
+        self.writer.write(self.format(record))
+
+
+_handler: _LineHandler | None = None
+
+
+def flush(timeout: float) -> bool:
+    """Write out the lines still queued, for at most `timeout` seconds (at exit)."""
+    return _handler is None or _handler.writer.flush(timeout)
+
+
 def setup(log_format: str, level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    global _handler  # noqa: PLW0603  (one handler for the process, made at start)
+    fd = stream_fd(sys.stderr)
+    if fd is None:  # started without a stderr: nowhere to log
+        logging.getLogger().handlers[:] = [logging.NullHandler()]
+        return
+    if _handler is None:
+        _handler = _LineHandler(fd)
+    handler: logging.Handler = _handler
     if log_format == "json":
         handler.setFormatter(
             _Json(

@@ -39,7 +39,7 @@ class SidecarProcess:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         *,
-        stdout: bool = False,
+        stdout: bool | int = False,  # True: collected (next_stdout); a descriptor: to it
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
@@ -50,14 +50,20 @@ class SidecarProcess:
             [sidecar_python(), "-m", "sidecar", *args],
             env=full_env,
             cwd=str(ROOT),
-            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+            stdout=(
+                subprocess.PIPE
+                if stdout is True
+                else subprocess.DEVNULL
+                if stdout is False
+                else stdout
+            ),
             stderr=subprocess.PIPE,
             text=True,
             # Tests pass a setrlimit: a system call that takes no lock another thread holds.
             preexec_fn=preexec_fn,  # noqa: PLW1509
         )
         self.stdout: queue.Queue[str | None] = queue.Queue()  # lines, with stdout=True
-        if stdout:
+        if stdout is True:
             threading.Thread(target=self._pump_stdout, daemon=True).start()
         self.logs: list[dict[str, Any]] = []
         self.raw: list[str] = []

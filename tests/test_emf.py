@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -259,3 +260,44 @@ def test_with_emf_on_a_drain_exits(emf_sidecar, signum):
     emf_sidecar.signal(signum)
     assert emf_sidecar.wait(timeout=60) == 0
     assert [e["exit_code"] for e in emf_sidecar.logs if e["event"] == "exiting"] == [0]
+
+
+def test_a_stdout_nobody_reads_blocks_neither_the_api_nor_the_drain():
+    """A stalled log driver stops reading stdout: the pipe is full. EMF records are then
+    dropped (and said so on stderr), never written from the event loop, which would
+    block with them: /healthz, /busy and the drain on SIGTERM all go on."""
+    reader, writer = os.pipe()
+    try:
+        fill(writer)
+        sidecar = SidecarProcess(
+            {
+                "TASK_PROTECTION_EMF_NAMESPACE": "ECSProtection/Test",
+                "TASK_PROTECTION_IDLE_GRACE_SECONDS": "0",
+            },
+            stdout=writer,
+        ).start()
+        try:
+            for n in range(5):  # changes, so records, well beyond what could be written
+                assert sidecar.post("/busy", {"lease": f"job-{n}"}).status_code == 200
+                assert sidecar.post("/idle", {"lease": f"job-{n}"}).status_code == 200
+            assert sidecar.get("/healthz").status_code == 200
+            sidecar.signal(signal.SIGTERM)
+            assert sidecar.wait(timeout=60) == 0
+        finally:
+            sidecar.stop()
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+def fill(fd: int) -> None:
+    """Write into the pipe until it is full."""
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\n" * 65536)
+            except BlockingIOError:
+                return
+    finally:
+        os.set_blocking(fd, True)
