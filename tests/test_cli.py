@@ -68,9 +68,10 @@ def test_busy_holds_a_lease_while_cmd_runs_and_exits_with_its_code(sidecar):
 
 def test_busy_forwards_sigterm_to_cmd(sidecar):
     child = (
-        "import signal, sys;"
+        "import signal, sys, time;"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42));"
-        "print('ready', flush=True); signal.pause()"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(0.05)"
     )
     proc = start(["busy", "--", sys.executable, "-c", child], cli_env(sidecar))
     assert read_line(proc.stdout) == "ready"
@@ -150,10 +151,10 @@ def test_run_reports_a_missing_command():
 
 
 TERM_REPORTER = (
-    "import signal, sys;"
+    "import signal, sys, time;"
     "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)));"
     "print('ready', flush=True)\n"
-    "while True: signal.pause()"
+    "while True: time.sleep(0.05)"
 )
 
 
@@ -205,12 +206,12 @@ def test_run_stops_holding_after_the_hold_timeout(sidecar):
 
 
 TERM_COUNTER = (
-    "import signal, sys;"
+    "import signal, sys, time;"
     "terms = [];"
     "signal.signal(signal.SIGTERM, lambda *a: (terms.append(1), print('TERM', flush=True),"
     " len(terms) == 2 and sys.exit(0)));"
     "print('ready', flush=True)\n"
-    "while True: signal.pause()"
+    "while True: time.sleep(0.05)"
 )
 
 
@@ -245,10 +246,10 @@ def test_run_forwards_a_second_sigterm_at_once_even_after_a_hold(sidecar):
 
 def test_run_forwards_other_signals_immediately(sidecar):
     child = (
-        "import signal;"
+        "import signal, time;"
         "signal.signal(signal.SIGUSR1, lambda *a: print('USR1', flush=True));"
         "print('ready', flush=True)\n"
-        "while True: signal.pause()"
+        "while True: time.sleep(0.05)"
     )
     sidecar.post("/busy", {"lease": "job"})
     proc = start(["run", "--", sys.executable, "-c", child], cli_env(sidecar))
@@ -340,7 +341,7 @@ while left() and time.monotonic() < deadline:
 count = left()
 print("reaped" if not count else f"not reaped: {count}", flush=True)
 while True:
-    signal.pause()
+    time.sleep(0.05)
 """
 
 
@@ -406,11 +407,11 @@ def test_run_with_the_portable_signal_fallback_survives_the_same_storm():
 
 def test_busy_forwards_signals_under_a_storm(sidecar):
     child = (
-        "import signal, sys;"
+        "import signal, sys, time;"
         "signal.signal(signal.SIGUSR1, lambda *a: None);"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42));"
         "print('ready', flush=True)\n"
-        "while True: signal.pause()"
+        "while True: time.sleep(0.05)"
     )
     proc = start(["busy", "--", sys.executable, "-c", child], cli_env(sidecar))
     stop = threading.Event()

@@ -23,10 +23,10 @@ from tests.support import read_line, wait_for_line, wait_until
 CLI = [sys.executable, "-m", "ecs_protection"]
 
 TERM_REPORTER = (
-    "import signal, sys;"
+    "import signal, sys, time;"
     "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)));"
     "print('ready', flush=True)\n"
-    "while True: signal.pause()"
+    "while True: time.sleep(0.05)"
 )
 
 

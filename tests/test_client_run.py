@@ -344,11 +344,11 @@ def test_a_command_stopped_by_the_terminal_before_it_had_it_is_continued(fake, t
 
 
 SUSPENDABLE = (
-    "import os, signal, sys;"
+    "import os, signal, sys, time;"
     "signal.signal(signal.SIGCONT, lambda *a: os.write(out, b'continued\\n'));"
     "out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT);"
     "os.write(out, b'ready\\n')\n"
-    "while True: signal.pause()"
+    "while True: time.sleep(0.05)"
 )
 
 
