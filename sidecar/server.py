@@ -123,9 +123,21 @@ async def _request_begins(
 ) -> StreamResponse:
     connection = getattr(request.protocol, "connection", None)
     if isinstance(connection, Connection):
-        connection.active = True  # until finish_response() has written the answer
         connection.requests += 1
+        # Handled from here until finish_response() has written the answer; a request
+        # with a body only once it has come (handling_begins, from read_body): one whose
+        # body trickles in is no request yet, and may be shed like an idle connection,
+        # or a neighbour's stalled bodies would hold every place and lock the app out.
+        if not request.body_exists:
+            connection.active = True
     return await handler(request)
+
+
+def handling_begins(request: web.BaseRequest) -> None:
+    """The request's body has come: from now on its connection is never shed."""
+    connection = getattr(request.protocol, "connection", None)
+    if isinstance(connection, Connection):
+        connection.active = True
 
 
 class _JsonErrorServer(web.Server):

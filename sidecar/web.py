@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sidecar.clock import rfc3339
 from sidecar.errors import ApiError, error_response
 from sidecar.metrics import StateCollector
+from sidecar.server import handling_begins
 from sidecar.validation import InvalidRequestError, parse_busy, parse_empty, parse_idle
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ async def read_body(request: web.Request) -> bytes:
     """The whole body, or an API error: too slow, or not decodable as it claims to be."""
     try:
         async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-            return await request.read()
+            body = await request.read()
     except TimeoutError:
         raise ApiError(
             408, "RequestTimeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g}s"
@@ -249,6 +250,13 @@ async def read_body(request: web.Request) -> bytes:
     except ConnectionError:
         # The client went away mid-body: nobody to answer, nothing to log at length.
         raise ApiError(400, "BadRequest", "the connection closed before the body arrived") from None
+    except RuntimeError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        # Shed while its body trickled in (aiohttp: "Connection closed."): the same.
+        raise ApiError(400, "BadRequest", "the connection closed before the body arrived") from None
+    handling_begins(request)
+    return body
 
 
 def build_app(api: Api) -> web.Application:

@@ -26,13 +26,30 @@ def few_file_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, HARD_LIMIT))
 
 
+HEADERS_ONLY = b"POST /busy HTTP/1.1\r\nHost: sidecar\r\n"  # never their end
+# Whole headers, then one byte of the 100 the body claims: a request whose body trickles.
+STALLED_BODY = (
+    b"POST /idle HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{"
+)
+
+
 class Neighbour(threading.Thread):
     """Keeps `count` connection attempts open from NEIGHBOUR, each sending the start of a
     request and never its end; every one the sidecar closes is opened again at once."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        address: str = NEIGHBOUR,
+        start: bytes = HEADERS_ONLY,
+        *,
+        reopen: bool = True,
+    ) -> None:
         super().__init__(daemon=True)
         self._port, self._count = port, count
+        self._address, self._start, self._reopen = address, start, reopen
         self._selector = selectors.DefaultSelector()
         self._halt = threading.Event()
         self.opened = 0  # connection attempts made, in all
@@ -41,7 +58,7 @@ class Neighbour(threading.Thread):
     def _open(self) -> None:
         sock = socket.socket()
         sock.setblocking(False)
-        sock.bind((NEIGHBOUR, 0))
+        sock.bind((self._address, 0))
         code = sock.connect_ex(("127.0.0.1", self._port))
         if code not in (0, errno.EINPROGRESS):
             sock.close()
@@ -51,14 +68,16 @@ class Neighbour(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            while len(self._selector.get_map()) < self._count:
+            while len(self._selector.get_map()) < self._count and (
+                self._reopen or self.opened < self._count
+            ):
                 self._open()
             for key, events in self._selector.select(0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 try:
                     if events & selectors.EVENT_WRITE:  # connected: start a request
-                        sock.send(b"POST /busy HTTP/1.1\r\nHost: sidecar\r\n")
+                        sock.send(self._start)
                         self._selector.modify(sock, selectors.EVENT_READ)
                         continue
                     if sock.recv(4096):
@@ -104,3 +123,37 @@ def test_a_neighbour_holding_twice_the_descriptor_limit_cannot_fail_the_apps_bus
         neighbour.stop()
         sidecar.stop()
     assert "Too many open files" not in "".join(sidecar.raw)
+
+
+def test_stalled_bodies_from_the_apps_own_address_do_not_lock_it_out():
+    """Host mode without a token: every peer is 127.0.0.1, so the per-address bound does
+    not tell the neighbour from the app. The neighbour's requests send whole headers and
+    then a body that never comes, on more connections than the sidecar keeps. Until its
+    body has come a request is not being handled, so its connection is shed for the
+    app's like an idle one (quietly: no traceback); it used to count as handled, never
+    shed, and every new connection of the app was closed instead."""
+    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
+    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", STALLED_BODY, reopen=False)
+    neighbour.start()
+    try:
+        # Settled: all sent, and all but the 32 an address may hold (256 descriptors)
+        # closed by the sidecar; those 32 wait for their bodies.
+        deadline = time.monotonic() + 60
+        while neighbour.closed_by_sidecar < 2 * HARD_LIMIT - 32 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert neighbour.closed_by_sidecar == 2 * HARD_LIMIT - 32
+        for job in range(20):
+            busy = requests.post(
+                f"{sidecar.url}/busy", json={"lease": f"job-{job}", "wait_seconds": 10}, timeout=30
+            )
+            assert (busy.status_code, busy.json()["protected"]) == (200, True)
+            idle = requests.post(f"{sidecar.url}/idle", json={"lease": f"job-{job}"}, timeout=30)
+            assert idle.status_code == 200
+        assert neighbour.closed_by_sidecar > 0
+    finally:
+        neighbour.stop()
+        sidecar.stop()
+    logged = "".join(sidecar.raw)
+    assert "Traceback" not in logged
+    assert "request_failed" not in logged
+    assert "Too many open files" not in logged
