@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="cli",
         metavar="PREFIX",
         help="start of the lease id: each run takes its own lease, PREFIX-<16 hex digits>, "
-        "shown in the sidecar's /state and logs; name the job with it (default: cli)",
+        "shown in the sidecar's /state and logs; name the job with it: 1 to 111 of "
+        "A-Z a-z 0-9 . _ : - (default: cli)",
     )
     busy.add_argument(
         "--wait-seconds",
