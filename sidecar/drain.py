@@ -12,8 +12,10 @@ This module is imported before anything else: it imports nothing slow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -70,6 +72,9 @@ class SignalInbox:
         # One attribute, swapped whole: the handler may run between any two bytecodes.
         self._target: tuple[asyncio.AbstractEventLoop, Callable[[int], None]] | None = None
         self._previous: dict[int, _Handler] = {}
+        # While attached: the loop, and the socket pair whose byte wakes it on a signal.
+        self._wakeup: tuple[asyncio.AbstractEventLoop, socket.socket, socket.socket] | None = None
+        self._previous_wakeup_fd = -1
 
     def install(self) -> None:
         """Catch the signals from now on (main thread only)."""
@@ -91,11 +96,40 @@ class SignalInbox:
         pending, self._pending = self._pending, []
         for signum in pending:
             loop.call_soon(receive, signum)
+        self._wake_loop_on_signals(loop)
 
     def detach(self) -> None:
         """Signals are caught and kept, no longer acted on: the process is exiting, and a
         late SIGTERM must not turn a clean exit into a kill."""
         self._target = None
+        if self._wakeup is not None:
+            loop, reader, writer = self._wakeup
+            self._wakeup = None
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            if not loop.is_closed():
+                loop.remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+    def _wake_loop_on_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Python runs a signal's handler in the main thread only, between bytecodes, while
+        the kernel may give the signal to any thread (the log writer's, a resolver's): the
+        main thread, asleep in the loop's select(), would not run it until the loop's next
+        timer. A byte on a wakeup socket the loop watches wakes it (as the loop's own
+        add_signal_handler does, which cannot take the signals that came before it)."""
+        reader, writer = socket.socketpair()
+        for end in (reader, writer):
+            end.setblocking(False)  # noqa: FBT003  (socket's own signature)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._wakeup = (loop, reader, writer)
+        loop.add_reader(reader.fileno(), self._empty, reader)
+
+    @staticmethod
+    def _empty(reader: socket.socket) -> None:
+        # The bytes only woke the loop; the handlers themselves have run by now.
+        with contextlib.suppress(OSError):
+            while reader.recv(4096):
+                pass
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         target = self._target

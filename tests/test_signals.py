@@ -4,16 +4,19 @@ start-up is acted on like a late one; config errors."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
+from sidecar.drain import SignalInbox
 from tests.processes import SidecarProcess
 
 
@@ -248,3 +251,39 @@ def test_a_stray_signal_during_start_up_is_ignored():
         assert sidecar.wait() == 0
     finally:
         sidecar.stop()
+
+
+async def test_a_signal_taken_by_another_thread_still_reaches_the_loop_at_once():
+    """The kernel gives a process's signal to any thread that does not block it: the
+    sidecar has others (its log writer). Python's handler runs only in the main thread,
+    between bytecodes, so a loop asleep in epoll must be woken for it; otherwise the
+    signal waits for the loop's next timer (seconds, or here a minute)."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    main = threading.get_native_id()
+    inbox = SignalInbox()
+    inbox.install()
+
+    def signal_this_thread_once_the_loop_sleeps() -> None:
+        wchan = Path(f"/proc/self/task/{main}/wchan")  # where the main thread waits
+        deadline = time.monotonic() + 60
+        while "epoll" not in wchan.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    other = threading.Thread(target=signal_this_thread_once_the_loop_sleeps, daemon=True)
+    try:
+        inbox.attach(loop, lambda signum: received.done() or received.set_result(signum))
+        # The only other thing that wakes the loop: a timer a minute away, which must not
+        # be what brought the signal in.
+        deadline = loop.create_future()
+        timer = loop.call_later(60, deadline.set_result, None)
+        other.start()
+        await asyncio.wait([received, deadline], return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        assert not deadline.done(), "the signal waited for the loop's next timer"
+        assert received.result() == signal.SIGUSR1
+    finally:
+        inbox.detach()
+        inbox.uninstall()
+        other.join(10)
