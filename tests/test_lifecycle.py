@@ -51,7 +51,9 @@ class FailingWatcher:
         pass
 
     async def run(self) -> None:
-        await asyncio.sleep(0.1)
+        # Started after the sidecar listens (serve() starts background tasks then): one
+        # turn of the loop, and it breaks.
+        await asyncio.sleep(0)
         raise RuntimeError("the watcher broke")
 
 
