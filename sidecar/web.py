@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.clock import rfc3339
@@ -259,14 +260,28 @@ async def read_body(request: web.Request) -> bytes:
     return body
 
 
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """An `Expect` header: `100-continue` as aiohttp answers it, anything else a 417 in
+    the API's error shape (aiohttp's own is text, sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() == "100-continue":
+        await _default_expect_handler(request)
+        return None
+    detail = " ".join(expect.split())[:100]
+    return error_response(417, "ExpectationFailed", f"unsupported Expect: {detail}")
+
+
 def build_app(api: Api) -> web.Application:
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_BYTES)
-    app.router.add_post("/busy", api.busy)
-    app.router.add_post("/idle", api.idle)
-    app.router.add_post("/release", api.release)
-    app.router.add_post("/drain", api.drain)
-    app.router.add_get("/state", api.state)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/metrics", api.metrics)
-    app.router.add_get("/openapi.json", api.openapi)
+    for add, path, handler in (
+        (app.router.add_post, "/busy", api.busy),
+        (app.router.add_post, "/idle", api.idle),
+        (app.router.add_post, "/release", api.release),
+        (app.router.add_post, "/drain", api.drain),
+        (app.router.add_get, "/state", api.state),
+        (app.router.add_get, "/healthz", api.healthz),
+        (app.router.add_get, "/metrics", api.metrics),
+        (app.router.add_get, "/openapi.json", api.openapi),
+    ):
+        add(path, handler, expect_handler=_expect)
     return app

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_urldispatcher import _default_expect_handler
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -121,6 +122,8 @@ async def test_the_override_reaches_what_the_pinned_aiohttp_has():
         assert list(ours) == list(theirs), name
     assert callable(RequestHandler.log_exception)
     assert callable(RequestHandler.force_close)
+    # web.py answers `Expect: 100-continue` through aiohttp's own handler.
+    assert list(inspect.signature(_default_expect_handler).parameters) == ["request"]
 
 
 def test_nothing_in_the_dockerfile_is_architecture_specific():

@@ -69,6 +69,28 @@ async def test_malformed_requests_get_the_json_error_body_and_no_traceback(
     assert not any("Traceback" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize("path", ["/busy", "/state"])
+async def test_an_expectation_the_server_cannot_meet_is_a_json_417(served, path):
+    """Every non-2xx answer has the API's error body, aiohttp's own 417 included."""
+    method = "POST" if path == "/busy" else "GET"
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nExpect: 999-nope\r\n"
+    status, body = await exchange(served, (request + "Connection: close\r\n\r\n").encode())
+    assert status == 417
+    assert body["error"]["code"] == "ExpectationFailed"
+    assert "999-nope" in body["error"]["message"]
+
+
+async def test_expect_100_continue_still_gets_its_interim_answer(served):
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    writer.write(
+        b"POST /busy HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readline(), 10) == b"HTTP/1.1 100 Continue\r\n"
+    writer.close()
+
+
 async def test_a_client_that_never_finishes_its_headers_is_cut_off(served):
     reader, writer = await asyncio.open_connection("127.0.0.1", served)
     writer.write(b"POST /busy HTTP/1.1\r\nHost: x\r\n")  # and nothing more
