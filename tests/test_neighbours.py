@@ -95,6 +95,18 @@ class Neighbour(threading.Thread):
         self.join(30)
 
 
+def the_apps_jobs_are_protected(sidecar: SidecarProcess) -> None:
+    """20 jobs of the app, each /busy confirmed and /idle answered."""
+    for job in range(20):
+        # A new connection for every request, as a worker's first call makes.
+        busy = requests.post(
+            f"{sidecar.url}/busy", json={"lease": f"job-{job}", "wait_seconds": 10}, timeout=30
+        )
+        assert (busy.status_code, busy.json()["protected"]) == (200, True)
+        idle = requests.post(f"{sidecar.url}/idle", json={"lease": f"job-{job}"}, timeout=30)
+        assert idle.status_code == 200
+
+
 def test_a_neighbour_holding_twice_the_descriptor_limit_cannot_fail_the_apps_busy():
     sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
     neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT)
@@ -104,14 +116,7 @@ def test_a_neighbour_holding_twice_the_descriptor_limit_cannot_fail_the_apps_bus
         while neighbour.opened < 2 * HARD_LIMIT and time.monotonic() < deadline:
             time.sleep(0.05)
         assert neighbour.opened >= 2 * HARD_LIMIT
-        for job in range(20):
-            # A new connection for every request, as a worker's first call makes.
-            busy = requests.post(
-                f"{sidecar.url}/busy", json={"lease": f"job-{job}", "wait_seconds": 10}, timeout=30
-            )
-            assert (busy.status_code, busy.json()["protected"]) == (200, True)
-            idle = requests.post(f"{sidecar.url}/idle", json={"lease": f"job-{job}"}, timeout=30)
-            assert idle.status_code == 200
+        the_apps_jobs_are_protected(sidecar)
         assert neighbour.closed_by_sidecar > 0  # it was shed, not merely outlasted
         assert neighbour.is_alive()
         shed = sidecar.wait_for_log("idle connection(s) to stay within")
@@ -142,13 +147,7 @@ def test_stalled_bodies_from_the_apps_own_address_do_not_lock_it_out():
         while neighbour.closed_by_sidecar < 2 * HARD_LIMIT - 32 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert neighbour.closed_by_sidecar == 2 * HARD_LIMIT - 32
-        for job in range(20):
-            busy = requests.post(
-                f"{sidecar.url}/busy", json={"lease": f"job-{job}", "wait_seconds": 10}, timeout=30
-            )
-            assert (busy.status_code, busy.json()["protected"]) == (200, True)
-            idle = requests.post(f"{sidecar.url}/idle", json={"lease": f"job-{job}"}, timeout=30)
-            assert idle.status_code == 200
+        the_apps_jobs_are_protected(sidecar)
         assert neighbour.closed_by_sidecar > 0
     finally:
         neighbour.stop()
