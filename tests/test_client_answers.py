@@ -66,6 +66,34 @@ def silent(conn: socket.socket, path: str, stop: threading.Event) -> None:
     """Takes the request and closes without a byte: no answer, as from a restart."""
 
 
+# A valid answer with 4 MiB of padding: a wrong URL (a file server, a proxy's error page)
+# or a broken sidecar. The sidecar's largest answer, /state, is about 10 KB.
+PADDED = http_answer(200, {"lease": "x", "protected": True, "leases": 1, "pad": "x" * (4 << 20)})
+
+
+def huge(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """A protected answer for /busy that is 4 MiB long, with its length declared."""
+    if path != "/busy":
+        conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+        return
+    conn.sendall(PADDED)
+
+
+def endless(conn: socket.socket, path: str, stop: threading.Event) -> None:
+    """A chunked answer whose body never ends: blanks (valid JSON space) until stopped."""
+    if path != "/busy":
+        conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+        return
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    conn.sendall(b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+    try:
+        while not stop.is_set():
+            conn.sendall(chunk)
+    except OSError:  # the client hung up: what a bounded reader does
+        return
+
+
 # ---- an overall deadline ---------------------------------------------------------------
 
 
@@ -99,6 +127,28 @@ async def test_an_async_slow_drip_is_bounded_as_a_whole():
                 elapsed = time.monotonic() - started
                 assert lease.protected is False
     assert elapsed < BOUND
+
+
+# ---- answers too large to be the sidecar's ------------------------------------------------
+
+
+@pytest.mark.parametrize("respond", [huge, endless])
+def test_an_answer_larger_than_any_of_the_apis_is_a_protocol_error(respond):
+    """Read up to a cap, not into memory without end (nor for as long as the bytes flow)."""
+    with (
+        RawServer(respond) as server,
+        Client(server.url, strict=False) as client,
+        pytest.raises(InvalidAnswerError, match="larger than"),
+    ):
+        client.acquire("x")  # the lease the answers name
+
+
+@pytest.mark.parametrize("respond", [huge, endless])
+async def test_an_async_answer_larger_than_any_of_the_apis_is_a_protocol_error(respond):
+    with RawServer(respond) as server:
+        async with AsyncClient(server.url, strict=False) as client:
+            with pytest.raises(InvalidAnswerError, match="larger than"):
+                await client.acquire("x")
 
 
 # ---- cut and garbled answers -------------------------------------------------------------

@@ -86,7 +86,9 @@ class AsyncClient(p.BaseClient):
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                payload = await response.read()
+                body = p.AnswerBody(status, response.headers.get("Content-Length"))
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    body.add(chunk)
         # Something answered, wrongly: not "unreachable" (see InvalidAnswerError).
         except aiohttp.ClientPayloadError as exc:
             raise InvalidAnswerError(status, f"the answer was cut short: {exc}") from None
@@ -97,7 +99,7 @@ class AsyncClient(p.BaseClient):
             self._unreachable.handle(exc, unreachable)
             return None
         self._unreachable.reset()
-        return status, payload
+        return status, body.payload()
 
     async def acquire(
         self,

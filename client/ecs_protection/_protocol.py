@@ -53,6 +53,10 @@ MAX_TTL_SECONDS = 7 * 86400.0
 # Below this a lease may expire before the sidecar's answer or the first heartbeat
 # (every ttl/3) reaches it: the job would be told "protected" for a lease already gone.
 MIN_TTL_SECONDS = 1.0
+# The sidecar's largest answer (/state, which lists at most 100 leases) is about 10 KB.
+# Anything larger is not the sidecar's (a wrong URL, a file server, a broken proxy), and
+# read whole it would cost memory without end, or for as long as its bytes flow.
+MAX_ANSWER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,31 @@ _ERRORS: dict[str, type[SidecarError]] = {
     "ProtectionUnavailable": ProtectionUnavailableError,
     "TooManyLeases": TooManyLeasesError,
 }
+
+
+class AnswerBody:
+    """The bytes of one answer, as they come; refused once past MAX_ANSWER_BYTES."""
+
+    def __init__(self, status: int, content_length: str | None) -> None:
+        self._status = status
+        self._chunks: list[bytes] = []
+        self._size = 0
+        # A declared length says at once what the bytes would only show later.
+        if content_length is not None and content_length.strip().isdigit():
+            self._check(int(content_length))
+
+    def _check(self, size: int) -> None:
+        if size > MAX_ANSWER_BYTES:
+            message = f"the answer is larger than {MAX_ANSWER_BYTES} bytes: not the sidecar's"
+            raise InvalidAnswerError(self._status, message)
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        self._check(self._size)
+        self._chunks.append(chunk)
+
+    def payload(self) -> bytes:
+        return b"".join(self._chunks)
 
 
 def _document(status: int, payload: bytes) -> dict[str, Any]:

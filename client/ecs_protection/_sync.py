@@ -103,13 +103,15 @@ class Client(p.BaseClient):
                 raise InvalidAnswerError(0, f"not an HTTP answer: {garbled!r}") from None
             raise
         with response:
+            body = p.AnswerBody(response.status_code, response.headers.get("Content-Length"))
             try:
-                payload = response.content
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    body.add(chunk)
             except (ChunkedEncodingError, ContentDecodingError) as exc:
                 # requests' names for a body that broke off (IncompleteRead, a reset).
                 message = f"the answer was cut short: {exc}"
                 raise InvalidAnswerError(response.status_code, message) from None
-        return response.status_code, payload
+        return response.status_code, body.payload()
 
     def acquire(
         self,
