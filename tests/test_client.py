@@ -292,6 +292,29 @@ async def test_async_draining_and_wait_for_drain(fake):
                 pytest.fail("the body must not run")
 
 
+async def test_a_cancelled_wait_for_drain_stays_cancelled_when_its_answer_comes_too(fake):
+    """The app's shutdown cancels the wait in the very step its answer arrives.
+
+    asyncio.wait_for (before Python 3.12) polled in a task of its own and, finding it
+    done, returned its answer: the cancellation was lost, and the app's shutdown waited
+    on a task that went on as if nothing had asked it to stop.
+    """
+    fake.draining = True
+    waiting: list[asyncio.Task[bool]] = []
+
+    class CancelledWithTheAnswer(AsyncClient):
+        async def draining(self) -> bool:
+            answer = await super().draining()
+            waiting[0].cancel()
+            return answer
+
+    async with CancelledWithTheAnswer(fake.url) as client:
+        waiting.append(asyncio.create_task(client.wait_for_drain(timeout=60)))
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        assert waiting[0].cancelled()
+
+
 async def test_async_unreachable_carries_on_and_strict_raises():
     async with AsyncClient(NOWHERE, strict=False) as client, busy(async_client=client) as lease:
         assert lease.protected is False

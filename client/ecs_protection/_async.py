@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 from ecs_protection import _protocol as p
 from ecs_protection._errors import InvalidAnswerError
 from ecs_protection._hold import AsyncHold
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as timeout_scope
+else:  # the same, from the package asyncio's came from (aiohttp needs it there too)
+    from async_timeout import timeout as timeout_scope
 
 if TYPE_CHECKING:
     from types import ModuleType, TracebackType
@@ -160,14 +166,16 @@ class AsyncClient(p.BaseClient):
         timeout: float | None = None,
         poll_seconds: float = 1.0,
     ) -> bool:
-        """Wait until the task is draining (True) or `timeout` passes (False)."""
+        """Wait until the task is draining (True) or `timeout` passes (False).
 
-        async def poll() -> None:
-            while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)
-                await asyncio.sleep(poll_seconds)
-
+        Polled in the caller's own task, under a timeout scope: asyncio.wait_for (before
+        Python 3.12) polls in a task of its own and can lose a cancellation that comes
+        in the step its answer does.
+        """
         try:
-            await asyncio.wait_for(poll(), timeout)
-        except asyncio.TimeoutError:
+            async with timeout_scope(timeout):
+                while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)
+                    await asyncio.sleep(poll_seconds)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on
             return False
         return True
