@@ -137,7 +137,10 @@ def test_state_unreachable_is_exit_69():
         ["busy", "--wait-seconds", "soon", "--", "true"],
         ["run", "--hold-timeout", "nan", "--", "true"],
         ["run", "--hold-timeout", "-5", "--", "true"],
+        # Past what the clock calls take (sigtimedwait: OverflowError, and the job orphaned).
+        ["run", "--hold-timeout", "1e11", "--", "true"],
         ["run", "--poll-seconds", "0", "--", "true"],
+        ["run", "--poll-seconds", "1e308", "--", "true"],
         ["busy"],
     ],
 )
@@ -148,7 +151,7 @@ def test_bad_flags_are_one_line_and_exit_2(fake, args):
     assert fake.seen == []
 
 
-@pytest.mark.parametrize("value", ["nan", "2m", "-1", "inf"])
+@pytest.mark.parametrize("value", ["nan", "2m", "-1", "inf", "1e11"])
 def test_a_bad_hold_timeout_variable_is_one_line_and_exit_2(fake, value):
     result = cli(
         ["run", "--", "true"], env_for(fake.url, TASK_PROTECTION_HOLD_TIMEOUT_SECONDS=value)

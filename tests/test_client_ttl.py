@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import ecs_protection
-from ecs_protection import AsyncClient, busy
+from ecs_protection import AsyncClient, GracefulShutdown, busy
 from ecs_protection._frameworks import LeaseOptions
 from tests.test_client_cli import env_for, one_line
 
@@ -158,4 +158,36 @@ def test_cli_out_of_range_values_are_one_line_and_exit_2(fake, tmp_path, args):
     assert result.returncode == 2
     assert "error" in one_line(result.stderr)
     assert not marker.exists()
+    assert fake.seen == []
+
+
+# ---- every other duration: finite, and within what the clock calls can take --------------
+
+
+@pytest.mark.parametrize("grace", [1e11, 604801])
+def test_a_grace_past_a_week_is_refused(grace):
+    """Its watcher thread waits in select(), which overflows past about 9e9 s: the
+    fallback would die in a traceback instead of ending a process that never exits."""
+    with pytest.raises(ValueError, match="grace_seconds"):
+        GracefulShutdown(grace_seconds=grace)
+
+
+# (timeout, poll_seconds, the one refused)
+BAD_WAITS = [(float("nan"), 1.0, "timeout"), (1e11, 1.0, "timeout")]
+BAD_WAITS += [(1.0, 0, "poll_seconds"), (1.0, float("inf"), "poll_seconds")]
+
+
+@pytest.mark.parametrize(("limit", "poll", "name"), BAD_WAITS)
+def test_wait_for_drain_refuses_a_wait_it_cannot_keep(fake, client, limit, poll, name):
+    """A NaN timeout never passed (the wait went on for good); 0 polls in a busy loop."""
+    with pytest.raises(ValueError, match=name):
+        client.wait_for_drain(timeout=limit, poll_seconds=poll)
+    assert fake.seen == []
+
+
+@pytest.mark.parametrize(("limit", "poll", "name"), BAD_WAITS)
+async def test_async_wait_for_drain_refuses_a_wait_it_cannot_keep(fake, limit, poll, name):
+    async with AsyncClient(fake.url) as client:
+        with pytest.raises(ValueError, match=name):
+            await client.wait_for_drain(timeout=limit, poll_seconds=poll)
     assert fake.seen == []

@@ -172,6 +172,8 @@ class AsyncClient(p.BaseClient):
         Python 3.12) polls in a task of its own and can lose a cancellation that comes
         in the step its answer does.
         """
+        p.check_seconds("timeout", timeout)
+        p.check_seconds("poll_seconds", poll_seconds, positive=True)
         try:
             async with timeout_scope(timeout):
                 while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)

@@ -35,6 +35,7 @@ from ecs_protection._errors import (
 )
 from ecs_protection._protocol import (
     DEFAULT_TTL_SECONDS,
+    MAX_SECONDS,
     Settings,
     check_lease_prefix,
     check_ttl,
@@ -168,16 +169,18 @@ RAW = argparse.RawDescriptionHelpFormatter  # the exit codes are a table
 
 
 def seconds(*, positive: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds, >= 0 (or > 0)."""
+    """An argparse type: a number of seconds, >= 0 (or > 0) and at most MAX_SECONDS."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        if not (0 <= value <= MAX_SECONDS) or (positive and value == 0):
             kind = "positive" if positive else "zero or positive"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite, {kind} number of seconds")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {kind} number of seconds up to {MAX_SECONDS:g}"
+            )
         return value
 
     parse.__name__ = "seconds"  # argparse names the type in its messages

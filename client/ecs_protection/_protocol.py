@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import stat
@@ -50,6 +49,10 @@ REQUEST_MARGIN_SECONDS = 5.0
 DEFAULT_TTL_SECONDS = 60.0
 # The sidecar's own limit on `ttl_seconds` (7 days): it answers 400 beyond.
 MAX_TTL_SECONDS = 7 * 86400.0
+# The longest duration any setting may name: the sidecar's longest TTL. Far beyond any
+# job's stop, and within what the clock calls take (select() and sigtimedwait() overflow
+# past about 9e9 s, in the thread that waits: a traceback instead of a wait).
+MAX_SECONDS = MAX_TTL_SECONDS
 # Below this a lease may expire before the sidecar's answer or the first heartbeat
 # (every ttl/3) reaches it: the job would be told "protected" for a lease already gone.
 MIN_TTL_SECONDS = 1.0
@@ -169,14 +172,17 @@ def _flag(value: str | None) -> bool:
 
 
 def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
-    """Refuse NaN, infinities, negative (or, if `positive`, zero) durations up front."""
+    """Refuse NaN, infinities, negative (or, if `positive`, zero) durations up front, and
+    any beyond MAX_SECONDS."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    if not (0 <= value <= MAX_SECONDS) or (positive and value == 0):
         kind = "positive" if positive else "zero or positive"
-        raise ValueError(f"{name} must be a finite, {kind} number of seconds, not {value!r}")
+        raise ValueError(
+            f"{name} must be a {kind} number of seconds up to {MAX_SECONDS:g}, not {value!r}"
+        )
 
 
 def check_ttl(ttl: float | None) -> None:

@@ -182,6 +182,8 @@ class Client(p.BaseClient):
 
     def wait_for_drain(self, timeout: float | None = None, poll_seconds: float = 1.0) -> bool:
         """Block until the task is draining (True) or `timeout` passes (False)."""
+        p.check_seconds("timeout", timeout)
+        p.check_seconds("poll_seconds", poll_seconds, positive=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self.draining:
