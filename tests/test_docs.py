@@ -67,3 +67,18 @@ def test_the_readme_links_to_files_that_exist():
     assert len(local) > 15
     missing = [t for t in local if not (ROOT / t).exists()]
     assert missing == []
+
+
+def test_a_page_that_shows_a_redis_broker_names_the_frameworks_redis_extra():
+    """ecs-protection[celery] with a Redis broker fails at worker start without
+    celery[redis] (kombu's Redis transport), and Dramatiq's RedisBroker without
+    dramatiq[redis]: a page that shows one says which extra it needs."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    needs = {"celery[redis]": r"Celery\(.*redis://", "dramatiq[redis]": r"RedisBroker"}
+    missing = [
+        f"{page.relative_to(ROOT)}: {extra}"
+        for page in pages
+        for extra, shown in needs.items()
+        if re.search(shown, page.read_text()) and extra not in page.read_text()
+    ]
+    assert missing == []
