@@ -43,4 +43,7 @@ USER 10001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-m", "sidecar.healthcheck"]
-ENTRYPOINT ["ecs-protection-sidecar"]
+# Every signal blocked until the sidecar's handlers are in (it unblocks the ones it
+# handles): a SIGTERM while Python is still starting would kill it without a drain or a
+# line; blocked, it waits and drains like a late one. coreutils' env, in every Debian base.
+ENTRYPOINT ["env", "--block-signal", "ecs-protection-sidecar"]

@@ -4,8 +4,10 @@ would kill the process is logged and ignored.
 The handlers go in first thing at start-up (`SignalInbox.install`), before the slow
 imports and long before the event loop runs: a signal that comes that early is kept and
 acted on once the loop runs, so an early SIGTERM drains like a late one instead of
-killing the process without a word. Python-level handlers (not the loop's) are used
-throughout, so that nothing is lost or counted twice when the loop takes over.
+killing the process without a word. Earlier still, while the interpreter starts, the
+image's entrypoint keeps them blocked (pending) until install() unblocks them.
+Python-level handlers (not the loop's) are used throughout, so that nothing is lost or
+counted twice when the loop takes over.
 
 This module is imported before anything else: it imports nothing slow.
 """
@@ -77,10 +79,16 @@ class SignalInbox:
         self._previous_wakeup_fd = -1
 
     def install(self) -> None:
-        """Catch the signals from now on (main thread only)."""
+        """Catch the signals from now on (main thread only).
+
+        Then unblock them: the image starts the sidecar with every signal blocked
+        (`env --block-signal`), so that one sent while Python was still starting is kept
+        pending until now, instead of killing the process before any handler was in.
+        """
         for signum in (*DRAIN_SIGNALS, *STRAY_SIGNALS):
             if signum not in self._previous:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*DRAIN_SIGNALS, *STRAY_SIGNALS))
 
     def uninstall(self) -> None:
         """Put back the handlers install() replaced."""

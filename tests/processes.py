@@ -41,13 +41,14 @@ class SidecarProcess:
         *,
         stdout: bool | int = False,  # True: collected (next_stdout); a descriptor: to it
         preexec_fn: Callable[[], None] | None = None,
+        command: list[str] | None = None,  # instead of `python -m sidecar`
     ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_PROTECTION_")}
         full_env.pop("ECS_AGENT_URI", None)
         full_env.update({"TASK_PROTECTION_PORT": "0", "TASK_PROTECTION_LOG_FORMAT": "json"})
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sidecar_python(), "-m", "sidecar", *args],
+            [*(command or [sidecar_python(), "-m", "sidecar"]), *args],
             env=full_env,
             cwd=str(ROOT),
             stdout=(

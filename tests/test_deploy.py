@@ -144,8 +144,9 @@ def test_final_stage_runs_as_a_non_root_user():
 def test_entrypoint_is_exec_form_and_names_the_console_script():
     entrypoint = json.loads(instruction("ENTRYPOINT"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert entrypoint == ["ecs-protection-sidecar"]
-    assert entrypoint[0] in scripts
+    # env blocks every signal, then execs the script: still PID 1, and no shell.
+    assert entrypoint == ["env", "--block-signal", "ecs-protection-sidecar"]
+    assert entrypoint[-1] in scripts
 
 
 def test_stop_signal_unbuffered_output_and_healthcheck():

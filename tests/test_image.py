@@ -9,7 +9,9 @@ container of an awsvpc task reaches it. Deadlines are generous; nothing here ass
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
 import tomllib
 from pathlib import Path
 
@@ -105,15 +107,22 @@ def test_healthcheck_reports_healthy_within_its_start_period(podman_scope):
 
 def test_the_entry_point_is_pid_1_in_exec_form(podman_scope):
     config = inspect("image", SIDECAR_IMAGE)["Config"]
-    assert config["Entrypoint"] == ["ecs-protection-sidecar"]
+    assert config["Entrypoint"] == ["env", "--block-signal", "ecs-protection-sidecar"]
     assert not config.get("Cmd")
     name = start(podman_scope.container("sidecar"))
     wait_healthy(name)
     cmdline = podman("exec", name, "cat", "/proc/1/cmdline").stdout.split("\0")
-    # The console script under Python, no shell in between: SIGTERM reaches the sidecar.
+    # The console script under Python (env exec'd it), no shell in between: SIGTERM
+    # reaches the sidecar.
     assert Path(cmdline[0]).name.startswith("python")
     assert Path(cmdline[1]).name == "ecs-protection-sidecar"
     assert "sh" not in {Path(arg).name for arg in cmdline}
+    # env blocked every signal; the sidecar unblocked those it handles once it could.
+    status = podman("exec", name, "cat", "/proc/1/status").stdout
+    blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.MULTILINE)[1], 16)
+    handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]
+    assert [signum for signum in handled if blocked & 1 << (signum - 1)] == []
+    assert blocked & 1 << (signal.SIGTSTP - 1)  # blocked by env, not handled: still blocked
 
 
 def test_sigterm_with_a_lease_held_waits_for_idle_then_exits_0(podman_scope):

@@ -5,6 +5,8 @@ start-up is acted on like a late one; config errors."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 import requests
 
 from sidecar.drain import SignalInbox
-from tests.processes import SidecarProcess
+from tests.processes import SidecarProcess, sidecar_python
 
 
 @pytest.fixture
@@ -249,6 +251,37 @@ def test_a_stray_signal_during_start_up_is_ignored():
         sidecar.post("/idle", {"lease": "job"})
         sidecar.signal(signal.SIGTERM)
         assert sidecar.wait() == 0
+    finally:
+        sidecar.stop()
+
+
+def image_entrypoint() -> list[str]:
+    """The Dockerfile's ENTRYPOINT, to run here with the venv's commands."""
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    (line,) = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT ")]
+    return json.loads(line.removeprefix("ENTRYPOINT "))
+
+
+def test_the_images_entrypoint_keeps_a_sigterm_that_comes_before_python_runs():
+    """Before the interpreter runs a line of the sidecar (tens of milliseconds, longer
+    on a busy machine) a SIGTERM kills it: exit 143 and not a line, where a drain was
+    due. The image starts it with signals blocked, so the signal waits for the handlers.
+
+    Sent as soon as the process is Python: what the entrypoint set up before it (the
+    blocked signals) is in place, and Python's own start-up has only begun.
+    """
+    command = image_entrypoint()
+    bin_dir = Path(sidecar_python()).parent  # where the venv puts the console script
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    sidecar = SidecarProcess(env, command=command)
+    try:
+        cmdline = Path(f"/proc/{sidecar.proc.pid}/cmdline")
+        deadline = time.monotonic() + 60
+        while not Path(cmdline.read_bytes().split(b"\0")[0].decode()).name.startswith("python"):
+            assert time.monotonic() < deadline, "the entrypoint never ran Python"
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait() == 0
+        assert sidecar.wait_for_log("SIGTERM: draining")["event"] == "drain_started"
     finally:
         sidecar.stop()
 
