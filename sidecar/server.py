@@ -57,23 +57,10 @@ class _JsonErrorHandler(RequestHandler):
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
         self.connection = Connection(peer, self.force_close)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self.header_timeout, self._headers_overdue)
-        if self.guard.admit(self.connection):
-            # A timer due now runs on the loop's next turn after that turn's reads: by
-            # then what the connections just accepted sent has come in (data_received),
-            # and a whole request marks its connection as one to keep.
-            loop.call_later(0, self.guard.enforce)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.connection is not None:
-            self.connection.ready = self._holds_a_whole_request()
-
-    def _holds_a_whole_request(self) -> bool:
-        """A request parsed with all its body, waiting for its handler (aiohttp queues
-        them in _messages; test_image_requirements checks the pinned aiohttp has it)."""
-        return any(payload.is_eof() for _, payload in self._messages)
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.header_timeout, self._headers_overdue
+        )
+        self.guard.admit(self.connection)  # may close this very connection
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.connection is not None:
@@ -96,8 +83,6 @@ class _JsonErrorHandler(RequestHandler):
         finally:
             if self.connection is not None:
                 self.connection.active = False
-                self.connection.answered += 1
-                self.connection.ready = self._holds_a_whole_request()  # one pipelined
 
     def handle_error(
         self,

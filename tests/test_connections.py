@@ -8,35 +8,17 @@ from sidecar.connections import MAX_CONNECTIONS, Bounds, Connection, ConnectionG
 
 
 class Opened:
-    """Connections made through a guard, and the ones it closed; as the server does, the
-    bounds are enforced at the end of a turn of the event loop (turn()), once admit()
-    has said so: open() ends its turn unless told `batch=True` (accepted together)."""
+    """Connections made through a guard, and the ones it closed."""
 
     def __init__(self, total: int, per_peer: int) -> None:
         self.guard = ConnectionGuard(total, per_peer, lambda: 0.0)
         self.closed: list[str] = []
-        self._due = False
 
-    def open(
-        self,
-        name: str,
-        peer: str,
-        *,
-        active: bool = False,
-        ready: bool = False,
-        batch: bool = False,
-    ) -> Connection:
+    def open(self, name: str, peer: str, *, active: bool = False) -> Connection:
         conn = Connection(peer, lambda: self.closed.append(name))
-        self._due = self.guard.admit(conn) or self._due
-        conn.active, conn.ready = active, ready
-        if not batch:
-            self.turn()
+        self.guard.admit(conn)
+        conn.active = active and conn.open
         return conn
-
-    def turn(self) -> None:
-        if self._due:
-            self._due = False
-            self.guard.enforce()
 
 
 def test_a_peer_past_its_bound_loses_its_oldest_idle_connection():
@@ -70,65 +52,6 @@ def test_past_the_total_the_busiest_peer_loses_its_oldest_idle_connection():
     assert opened.guard.count == 5
 
 
-def test_nothing_is_shed_until_the_turn_ends():
-    """Accepted in one batch: the requests they sent are read before anyone is shed."""
-    opened = Opened(total=100, per_peer=2)
-    for name in ("n1", "n2", "n3", "n4"):
-        opened.open(name, "127.0.0.1", batch=True)
-    assert opened.closed == []
-    assert opened.guard.count == 4
-    opened.turn()
-    assert opened.closed == ["n1", "n2"]
-
-
-def test_a_whole_request_is_kept_and_older_idle_connections_go_first():
-    """Host mode: the neighbour's connections and the app's share 127.0.0.1. The app's
-    came last, with its whole request; the neighbour's unfinished ones are shed."""
-    opened = Opened(total=100, per_peer=3)
-    for name in ("n1", "n2", "n3"):
-        opened.open(name, "127.0.0.1")
-    opened.open("n4", "127.0.0.1", batch=True)
-    app = opened.open("app", "127.0.0.1", ready=True, batch=True)
-    opened.open("n5", "127.0.0.1", batch=True)
-    opened.turn()
-    assert opened.closed == ["n1", "n2", "n3"]
-    assert app.open
-
-
-def test_a_connection_kept_alive_after_an_answer_outlasts_ones_never_answered():
-    """The app's client keeps its connection for the /idle after the job; the
-    neighbour's connections, newer but never a whole request, go first."""
-    opened = Opened(total=100, per_peer=3)
-    app = opened.open("app", "127.0.0.1")
-    app.answered = 1  # its /busy was answered; the job runs
-    opened.open("n1", "127.0.0.1")
-    opened.open("n2", "127.0.0.1")
-    opened.open("n3", "127.0.0.1")
-    opened.open("n4", "127.0.0.1")
-    assert opened.closed == ["n1", "n2"]
-    assert app.open
-
-
-def test_a_peer_whose_connections_are_all_busy_loses_its_newest_waiting_request():
-    """Every place is being answered and a whole request came on top: the newest one
-    not yet being answered is refused, never a request being handled."""
-    opened = Opened(total=100, per_peer=2)
-    opened.open("a", "10.0.0.5", active=True)
-    opened.open("b", "10.0.0.5", ready=True, batch=True)
-    opened.open("c", "10.0.0.5", ready=True, batch=True)
-    opened.turn()
-    assert opened.closed == ["c"]
-
-
-def test_requests_being_answered_are_never_cut_even_past_a_bound():
-    opened = Opened(total=100, per_peer=1)
-    opened.open("a", "10.0.0.5", active=True, batch=True)
-    opened.open("b", "10.0.0.5", active=True, batch=True)
-    opened.turn()
-    assert opened.closed == []
-    assert opened.guard.count == 2
-
-
 def test_a_closed_connection_frees_its_place(caplog):
     caplog.set_level(logging.WARNING)
     opened = Opened(total=100, per_peer=1)
@@ -153,10 +76,10 @@ def test_shedding_is_logged_once_per_burst(caplog):
 
 
 def test_bounds_leave_room_for_the_rest_of_the_process():
-    assert bounds_for(256) == Bounds(total=128, per_peer=32, backlog=16)
-    assert bounds_for(1024) == Bounds(total=512, per_peer=128, backlog=64)
+    assert bounds_for(256) == Bounds(total=128, per_peer=32, backlog=32)
+    assert bounds_for(1024) == Bounds(total=512, per_peer=128, backlog=128)
     assert bounds_for(1 << 20) == Bounds(MAX_CONNECTIONS, MAX_CONNECTIONS // 4, 128)
     for limit in (16, 64, 100, 256, 1024, 65536):
         bounds = bounds_for(limit)
         assert bounds.per_peer < bounds.total
-        assert bounds.total + 4 * bounds.backlog < max(limit, 64)
+        assert bounds.total + 2 * bounds.backlog < max(limit, 64)
