@@ -10,11 +10,6 @@ from ecs_protection import _protocol as p
 from ecs_protection._errors import InvalidAnswerError
 from ecs_protection._hold import AsyncHold
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as timeout_scope
-else:  # the same, from the package asyncio's came from (aiohttp needs it there too)
-    from async_timeout import timeout as timeout_scope
-
 if TYPE_CHECKING:
     from types import ModuleType, TracebackType
 
@@ -174,6 +169,10 @@ class AsyncClient(p.BaseClient):
         """
         p.check_seconds("timeout", timeout)
         p.check_seconds("poll_seconds", poll_seconds, positive=True)
+        if sys.version_info >= (3, 11):
+            from asyncio import timeout as timeout_scope  # noqa: PLC0415
+        else:  # the same, from the package asyncio's came from (the `async` extra has it)
+            from async_timeout import timeout as timeout_scope  # noqa: PLC0415
         try:
             async with timeout_scope(timeout):
                 while not await self.draining():  # noqa: ASYNC110  (the state is polled over HTTP)

@@ -387,8 +387,9 @@ class AnswerBody:
         self._chunks: list[bytes] = []
         self._size = 0
         # A declared length says at once what the bytes would only show later.
-        if content_length is not None and content_length.strip().isdigit():
-            self._check(int(content_length))
+        declared = (content_length or "").strip()
+        if declared.isascii() and declared.isdigit():  # not "²", which int() refuses
+            self._check(int(declared))
 
     def _check(self, size: int) -> None:
         if size > MAX_ANSWER_BYTES:
