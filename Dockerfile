@@ -44,6 +44,7 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-m", "sidecar.healthcheck"]
 # Every signal blocked until the sidecar's handlers are in (it unblocks the ones it
-# handles): a SIGTERM while Python is still starting would kill it without a drain or a
-# line; blocked, it waits and drains like a late one. coreutils' env, in every Debian base.
+# handles): a SIGTERM while Python is still starting would be lost (PID 1 without a
+# handler), with no drain; blocked, it waits and drains like a late one. Needs coreutils
+# 8.31 or later (Debian bullseye on) for env --block-signal.
 ENTRYPOINT ["env", "--block-signal", "ecs-protection-sidecar"]

@@ -40,6 +40,7 @@ from ecs_protection._protocol import (
     check_lease_prefix,
     check_ttl,
     check_wait,
+    in_seconds_range,
 )
 from ecs_protection._sync import Client
 from ecs_protection._wrapper import Wrapper
@@ -176,7 +177,7 @@ def seconds(*, positive: bool = False) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (0 <= value <= MAX_SECONDS) or (positive and value == 0):
+        if not in_seconds_range(value, positive=positive):
             kind = "positive" if positive else "zero or positive"
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a {kind} number of seconds up to {MAX_SECONDS:g}"

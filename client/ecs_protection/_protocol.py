@@ -171,6 +171,11 @@ def _flag(value: str | None) -> bool:
     )
 
 
+def in_seconds_range(value: float, *, positive: bool = False) -> bool:
+    """0 (or, if `positive`, more) up to MAX_SECONDS: no NaN, no infinity."""
+    return 0 <= value <= MAX_SECONDS and not (positive and value == 0)
+
+
 def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
     """Refuse NaN, infinities, negative (or, if `positive`, zero) durations up front, and
     any beyond MAX_SECONDS."""
@@ -178,7 +183,7 @@ def check_seconds(name: str, value: float | None, *, positive: bool = False) -> 
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not (0 <= value <= MAX_SECONDS) or (positive and value == 0):
+    if not in_seconds_range(value, positive=positive):
         kind = "positive" if positive else "zero or positive"
         raise ValueError(
             f"{name} must be a {kind} number of seconds up to {MAX_SECONDS:g}, not {value!r}"
