@@ -245,8 +245,12 @@ def test_run_forwards_a_second_sigterm_at_once_even_after_a_hold(sidecar):
 
 
 def test_run_forwards_other_signals_immediately(sidecar):
+    # SIGINT's handler set, not inherited: a shell starts a background job (this test
+    # run, say) with SIGINT ignored, and an ignored signal stays ignored through exec,
+    # so the forwarded SIGINT would not end the child.
     child = (
         "import signal, time;"
+        "signal.signal(signal.SIGINT, signal.default_int_handler);"
         "signal.signal(signal.SIGUSR1, lambda *a: print('USR1', flush=True));"
         "print('ready', flush=True)\n"
         "while True: time.sleep(0.05)"
