@@ -16,7 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.connections import Bounds, Connection, ConnectionGuard, bounds_for
@@ -51,12 +51,14 @@ class _JsonErrorHandler(RequestHandler):
     header_timeout: float
     connection: Connection | None = None
     _deadline: asyncio.TimerHandle | None = None
+    # The body of the request in progress while it is still to come (see _idle).
+    pending_body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
-        self.connection = Connection(peer, self.force_close)
+        self.connection = Connection(peer, self.force_close, self._idle, self._handling)
         self._deadline = asyncio.get_running_loop().call_later(
             self.header_timeout, self._headers_overdue
         )
@@ -69,6 +71,22 @@ class _JsonErrorHandler(RequestHandler):
             self._deadline.cancel()
         super().connection_lost(exc)
 
+    def _idle(self) -> bool:
+        """Not handling a request: waiting for one (its headers not all come), or for the
+        body of one whose headers came. A request whose body trickles in is no request
+        being handled: otherwise a neighbour's stalled bodies would hold every place,
+        and the app's connections would be the ones shed. (An answer waiting for the
+        peer to read it is not a case: the largest, /openapi.json, is about 20 KB, and
+        a pipelining connection closes after its first.)"""
+        if self.pending_body is not None:
+            return not self.pending_body.is_eof()
+        # aiohttp's own test of a handler waiting for its next message (_process_keepalive).
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def _handling(self) -> bool:
+        return self._request_in_progress  # aiohttp's, set around each request's handler
+
     def _headers_overdue(self) -> None:
         if self.connection is not None and not self.connection.requests:
             self.force_close()
@@ -76,13 +94,19 @@ class _JsonErrorHandler(RequestHandler):
     async def finish_response(
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> tuple[StreamResponse, bool]:
-        # The request counts as handled until its answer is written: shedding it before
-        # would cut the answer off.
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            if self.connection is not None:
-                self.connection.active = False
+        # Answered (a request may be answered without reading its body, a 401 or 404):
+        # not idle while its answer is written, whatever became of the body.
+        self.pending_body = None
+        # A request that came before this answer went out was pipelined. No client of
+        # the API pipelines (requests, aiohttp and curl do not), and a neighbour that
+        # does keeps its connections busy for good, and the event loop with them: the
+        # connection closes once this answer is out, the pipelined requests unanswered
+        # (the client sends them again, on a new connection).
+        pipelined = bool(self._messages)
+        answered = await super().finish_response(request, resp, start_time)
+        if pipelined:
+            self.force_close()
+        return answered
 
     def handle_error(
         self,
@@ -121,23 +145,20 @@ class _JsonErrorHandler(RequestHandler):
 async def _request_begins(
     request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
 ) -> StreamResponse:
-    connection = getattr(request.protocol, "connection", None)
-    if isinstance(connection, Connection):
-        connection.requests += 1
-        # Handled from here until finish_response() has written the answer; a request
-        # with a body only once it has come (handling_begins, from read_body): one whose
-        # body trickles in is no request yet, and may be shed like an idle connection,
-        # or a neighbour's stalled bodies would hold every place and lock the app out.
-        if not request.body_exists:
-            connection.active = True
+    protocol = request.protocol
+    if isinstance(protocol, _JsonErrorHandler) and protocol.connection is not None:
+        protocol.connection.requests += 1
+        # Idle again while its body is still to come (handling_begins ends that).
+        if request.body_exists:
+            protocol.pending_body = request.content
     return await handler(request)
 
 
 def handling_begins(request: web.BaseRequest) -> None:
     """The request's body has come: from now on its connection is never shed."""
-    connection = getattr(request.protocol, "connection", None)
-    if isinstance(connection, Connection):
-        connection.active = True
+    protocol = request.protocol
+    if isinstance(protocol, _JsonErrorHandler):
+        protocol.pending_body = None
 
 
 class _JsonErrorServer(web.Server):
@@ -210,7 +231,15 @@ def make_runner(
     """The runner for `app`; `bounds` default to connection_bounds(). Its sites must
     listen with `bounds.backlog` (Runner.backlog)."""
     bounds = bounds or connection_bounds()
-    guard = ConnectionGuard(bounds.total, bounds.per_peer, time.monotonic)
+    guard = ConnectionGuard(
+        bounds.total,
+        bounds.per_peer,
+        time.monotonic,
+        # On the loop's next turn, after the reads of this one: call_soon would run
+        # before them (see connections.py).
+        defer=lambda shed: asyncio.get_running_loop().call_later(0, shed),
+        batch=bounds.backlog,
+    )
     # First, so that a request counts as being handled from its very start.
     app.middlewares.insert(0, _request_begins)
     return Runner(

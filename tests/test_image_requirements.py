@@ -103,7 +103,7 @@ async def test_the_override_reaches_what_the_pinned_aiohttp_has():
     """What sidecar/server.py relies on beyond aiohttp's public API, checked on this version:
     AppRunner._make_server builds a web.Server with _loop and _kwargs, which the override
     passes on to RequestHandler (with the connection guard and header deadline); the
-    methods it overrides keep their signatures."""
+    methods it overrides keep their signatures; the state the guard reads is there."""
     runner = make_runner(web.Application())
     await runner.setup()
     try:
@@ -120,6 +120,9 @@ async def test_the_override_reaches_what_the_pinned_aiohttp_has():
         ours = inspect.signature(getattr(_JsonErrorHandler, name)).parameters
         theirs = inspect.signature(getattr(RequestHandler, name)).parameters
         assert list(ours) == list(theirs), name
+    # The guard asks whether a connection waits for its next request as aiohttp's own
+    # keep-alive check does: the handler's _waiter and _messages.
+    assert {"_waiter", "_messages"} <= set(RequestHandler.__slots__)
     assert callable(RequestHandler.log_exception)
     assert callable(RequestHandler.force_close)
     # web.py answers `Expect: 100-continue` through aiohttp's own handler.

@@ -150,3 +150,27 @@ async def test_past_the_bound_for_one_address_its_oldest_idle_connection_goes_ne
     finally:
         run.cancel()
         await runner.cleanup()
+
+
+async def test_pipelined_requests_get_the_first_answer_then_the_connection_closes(served):
+    """No client of the API pipelines; a neighbour that does would keep its connections,
+    and the event loop, busy for good."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)  # up to the close
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.count(b"HTTP/1.1 ") == 1
+
+
+async def test_a_kept_alive_connection_answers_one_request_after_another(served):
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    for _ in range(3):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+    writer.close()
