@@ -7,6 +7,8 @@ bytes each test chooses.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,6 @@ from ecs_protection import AsyncClient, Client, InvalidAnswerError, SidecarUnava
 from tests.client_support import RawServer, http_answer
 
 if TYPE_CHECKING:
-    import socket
     import threading
 
 WAIT = 1.0
@@ -204,3 +205,60 @@ async def test_an_async_connection_closed_without_an_answer_is_unreachable():
             busy(async_client=client) as lease,
         ):
             assert lease.protected is False
+
+
+# ---- a connection closed before its request was answered ---------------------------------
+
+
+class ClosesFirst:
+    """Closes the first `count` connections without a byte of an answer, the way the
+    sidecar sheds a connection to stay within its bounds (a kept-alive one the client
+    reuses, or a new one among a neighbour's flood), by FIN or by RST; then answers."""
+
+    def __init__(self, count: int, *, reset: bool = False) -> None:
+        self.left, self.reset = count, reset
+
+    def __call__(self, conn: socket.socket, path: str, _stop: threading.Event) -> None:
+        if self.left > 0:
+            self.left -= 1
+            if self.reset:  # an RST: close with a zero linger
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        if path == "/busy":
+            conn.sendall(http_answer(200, {"lease": "x", "protected": True, "leases": 1}))
+        else:
+            conn.sendall(http_answer(200, {"released": True, "leases": 0}))
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_a_request_closed_unanswered_is_sent_again(reset):
+    with RawServer(ClosesFirst(2, reset=reset)) as server, Client(server.url) as client:
+        assert client.acquire("x", require_protection=True).protected is True
+        assert server.paths == ["/busy"] * 3
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_an_async_request_closed_unanswered_is_sent_again(reset):
+    with RawServer(ClosesFirst(2, reset=reset)) as server:
+        async with AsyncClient(server.url) as client:
+            lease = await client.acquire("x", require_protection=True)
+            assert lease.protected is True
+        assert server.paths == ["/busy"] * 3
+
+
+def test_a_request_closed_unanswered_three_times_is_unreachable():
+    with (
+        RawServer(ClosesFirst(3)) as server,
+        Client(server.url, strict=True) as client,
+        pytest.raises(SidecarUnavailableError),
+    ):
+        client.acquire("x")
+    assert server.paths == ["/busy"] * 3
+
+
+async def test_an_async_request_closed_unanswered_three_times_is_unreachable():
+    with RawServer(ClosesFirst(3)) as server:
+        async with AsyncClient(server.url, strict=True) as client:
+            with pytest.raises(SidecarUnavailableError):
+                await client.acquire("x")
+    assert server.paths == ["/busy"] * 3

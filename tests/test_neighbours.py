@@ -6,6 +6,7 @@ that never finish their headers, and the app's requests from 127.0.0.1 in betwee
 from __future__ import annotations
 
 import errno
+import logging
 import resource
 import selectors
 import socket
@@ -14,6 +15,7 @@ import time
 
 import requests
 
+from ecs_protection import Client, busy
 from tests.processes import SidecarProcess
 
 HARD_LIMIT = 256  # file descriptors the sidecar may have open (its hard limit)
@@ -180,6 +182,39 @@ def test_a_neighbour_on_the_apps_own_address_reopening_every_shed_connection_can
         neighbour.stop()
         sidecar.stop()
     assert "Too many open files" not in "".join(sidecar.raw)
+
+
+def test_the_clients_kept_alive_connection_shed_between_jobs_costs_no_job(caplog):
+    """The same neighbour, and the app on the client as shipped: one session whose
+    kept-alive connection waits between jobs, and is shed for the neighbour's (it has
+    had its answer: idle). The client sends a request whose connection closed
+    unanswered again on a new one, so every job is protected. Before it did, about
+    half the jobs failed."""
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
+    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", HEADERS_ONLY)
+    neighbour.start()
+
+    def flood_passes() -> None:
+        """Until the neighbour has had more connections shed than an address may hold."""
+        mark, deadline = neighbour.closed_by_sidecar, time.monotonic() + 60
+        while neighbour.closed_by_sidecar < mark + 64 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert neighbour.closed_by_sidecar >= mark + 64
+
+    try:
+        flood_passes()
+        with Client(sidecar.url, strict=True) as client:
+            for _ in range(20):
+                with busy(client=client, require_protection=True, wait_seconds=10) as lease:
+                    assert lease.protected is True
+                flood_passes()  # meanwhile the kept-alive connection is shed
+        assert neighbour.is_alive()
+    finally:
+        neighbour.stop()
+        sidecar.stop()
+    # The retry was needed: kept-alive connections were shed under the client.
+    assert any("Retrying" in record.getMessage() for record in caplog.records)
 
 
 # Whole requests, pipelined, more sent as soon as one is shed.

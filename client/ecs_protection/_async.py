@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import sys
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,18 @@ def _aiohttp() -> ModuleType:
             "async support needs aiohttp: pip install 'ecs-protection[async]'"
         ) from exc
     return aiohttp
+
+
+def _unanswered(aiohttp: ModuleType, exc: BaseException) -> bool:
+    """The connection closed (FIN or RST) before a byte of the answer: not a refused
+    connection, a timeout, or an answer that is not HTTP."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (
+        isinstance(exc, aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+        and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    )
 
 
 # Sessions inherited from the parent by a forked child: never used, never collected.
@@ -75,6 +88,28 @@ class AsyncClient(p.BaseClient):
         if self._session is None:
             # trust_env=False (aiohttp's default, stated): no HTTP_PROXY for localhost.
             self._session = aiohttp.ClientSession(trust_env=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        retries_left = p.UNANSWERED_RETRIES
+        while True:
+            try:
+                answer = await self._exchange(aiohttp, request, deadline - loop.time())
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+                # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
+                if retries_left and _unanswered(aiohttp, exc) and deadline > loop.time():
+                    retries_left -= 1  # sent again: see p.UNANSWERED_RETRIES
+                    continue
+                self._unreachable.handle(exc, unreachable)
+                return None
+            self._unreachable.reset()
+            return answer
+
+    async def _exchange(
+        self, aiohttp: ModuleType, request: p.Request, timeout: float
+    ) -> tuple[int, bytes]:
+        """One attempt: (status, body); InvalidAnswerError for a wrong answer, aiohttp's
+        (or asyncio's, OSError, ValueError) when none came."""
+        assert self._session is not None  # noqa: S101  (made by _send)
         status = 0
         try:
             # `total` bounds the call as a whole, however slowly the answer comes.
@@ -83,7 +118,7 @@ class AsyncClient(p.BaseClient):
                 self.settings.url + request.path,
                 json=request.body,
                 headers=p.headers(self.settings),
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)),
                 allow_redirects=False,
             ) as response:
                 status = response.status
@@ -95,11 +130,6 @@ class AsyncClient(p.BaseClient):
             raise InvalidAnswerError(status, f"the answer was cut short: {exc}") from None
         except aiohttp.ClientResponseError as exc:  # the parser's: a bad status line, ...
             raise InvalidAnswerError(0, f"not an HTTP answer: {exc.message}") from None
-        # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            self._unreachable.handle(exc, unreachable)
-            return None
-        self._unreachable.reset()
         return status, body.payload()
 
     async def acquire(

@@ -1,4 +1,5 @@
-"""An overall deadline for each request of the sync client.
+"""An overall deadline for each request of the sync client, and a request closed
+unanswered sent again (UnansweredRetry).
 
 requests' `timeout` bounds each socket read, not the answer as a whole: a sidecar (or
 anything on its port) that sends one byte every 2 s keeps a call going for as long as
@@ -22,6 +23,10 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 import urllib3.connection
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError
+from urllib3.util.retry import Retry
+
+from ecs_protection._protocol import UNANSWERED_RETRIES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,9 +101,46 @@ class HTTPConnectionPool(urllib3.HTTPConnectionPool):
     ConnectionCls = HTTPConnection
 
 
+def _unanswered(error: Exception | None) -> bool:
+    """The connection closed (FIN or RST) before a byte of the answer: urllib3's
+    ProtocolError('Connection aborted.', RemoteDisconnected | ConnectionResetError |
+    BrokenPipeError). Not a refused connection, a timeout, or an answer that is not HTTP."""
+    return isinstance(error, ProtocolError) and any(
+        isinstance(arg, (ConnectionResetError, BrokenPipeError)) for arg in error.args
+    )
+
+
+class UnansweredRetry(Retry):
+    """requests' own policy (no retries, a read error raised as it is), except that a
+    request whose connection closed unanswered is sent again, up to `left` more times
+    (_protocol.UNANSWERED_RETRIES says why that is safe). Each attempt is within the
+    call's deadline (bounded())."""
+
+    def __init__(self, left: int = UNANSWERED_RETRIES, **kw: Any) -> None:  # noqa: ANN401  (Retry's keywords)
+        # Retry.new() passes every setting by keyword: requests' Retry(0, read=False)
+        # unless told otherwise.
+        super().__init__(**{"total": 0, "read": False, **kw})
+        self.left = left
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,  # noqa: ANN401  (urllib3 1.26 and 2.x type these differently)
+        error: Exception | None = None,
+        _pool: Any = None,  # noqa: ANN401
+        _stacktrace: Any = None,  # noqa: ANN401
+    ) -> UnansweredRetry:
+        if self.left > 0 and response is None and _unanswered(error):
+            return UnansweredRetry(self.left - 1)
+        # No retries left in requests' own policy: this raises.
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def mount(session: requests.Session, url: str) -> None:
-    """Make `session` honour bounded() for the requests it sends to `url`."""
-    adapter = HTTPAdapter()
+    """Make `session` honour bounded() for the requests it sends to `url`, and send a
+    request closed unanswered again (UnansweredRetry)."""
+    adapter = HTTPAdapter(max_retries=UnansweredRetry())
     # Plain http:// pools make their connections with _DeadlineSocket.
     manager = adapter.poolmanager
     manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": HTTPConnectionPool}
