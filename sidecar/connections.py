@@ -11,12 +11,12 @@ When a bound is passed, idle connections are shed until it holds again:
 - a peer address holding more than `per_peer` loses its own;
 - past `total` in all, the peer holding the most (among those with an idle one) does.
 
-Idle means not handling a request: waiting for a request's headers, or for the body
-of one whose headers came. A request whose headers and body have come, being handled or
-about to be, is never cut. Kept-alive connections that have had their answers go first,
-the oldest first; then connections that have not yet sent a whole request, the oldest
-first: an honest client sends its request at once, so the one that has said nothing for
-longest is the least likely to be the app's.
+Idle means not handling a request: waiting for a request's headers, for the body of
+one whose headers came, or for the peer to read its answer. A request whose headers and
+body have come is never cut while the peer reads. Kept-alive connections that have had
+their answers go first, the oldest first; then connections that have not yet sent a
+whole request, the oldest first: an honest client sends its request at once, so the
+one that has said nothing for longest is the least likely to be the app's.
 
 Shedding waits for the event loop's next turn (`defer`). A connection is accepted before
 its first bytes are read: judged at once, the app's new connection would look no
@@ -55,16 +55,18 @@ LOG_EVERY_SECONDS = 10.0
 class Bounds:
     total: int  # open connections in all
     per_peer: int  # open connections from one address
-    # Connections asyncio accepts in one go before any of them can be shed: up to two
-    # such batches are open on top of `total` at a peak.
+    # Connections asyncio accepts in one go. At a peak up to four such batches are open
+    # on top of `total`: two accepted and not yet counted (a connection is counted two
+    # turns after its accept), one counted past `total` before the guard cuts at once,
+    # and one closed whose descriptors come back on the next turn.
     backlog: int
 
 
 def bounds_for(descriptor_limit: int) -> Bounds:
     """Bounds for a process allowed `descriptor_limit` open files: the total leaves room
-    for two accept batches and everything else; one peer may hold a quarter of it."""
-    backlog = max(4, min(MAX_BACKLOG, descriptor_limit // 8))
-    room = descriptor_limit - RESERVED_DESCRIPTORS - 2 * backlog
+    for four accept batches and everything else; one peer may hold a quarter of it."""
+    backlog = max(4, min(MAX_BACKLOG, descriptor_limit // 16))
+    room = descriptor_limit - RESERVED_DESCRIPTORS - 4 * backlog
     total = max(4, min(MAX_CONNECTIONS, room, descriptor_limit // 2))
     return Bounds(total, max(1, total // 4), backlog)
 
@@ -171,7 +173,7 @@ class ConnectionGuard:
         stalled), then one with a request read but not begun (a
         pipelined one: its client had no answer and may send it again), then one that
         has not sent a whole request yet, else the newest. The busiest peer's oldest
-        first in each. Never a request whose handler runs."""
+        first in each. Never a request whose handler runs while its peer reads."""
         best: tuple[int, Connection] | None = None
         for peer in sorted(self._peers, key=lambda peer: -len(self._peers[peer])):
             for conn in self._peers[peer]:

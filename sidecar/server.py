@@ -58,7 +58,7 @@ class _JsonErrorHandler(RequestHandler):
         super().connection_made(transport)
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "local"
-        self.connection = Connection(peer, self.force_close, self._idle, self._handling)
+        self.connection = Connection(peer, self._shed, self._idle, self._handling)
         self._deadline = asyncio.get_running_loop().call_later(
             self.header_timeout, self._headers_overdue
         )
@@ -72,17 +72,28 @@ class _JsonErrorHandler(RequestHandler):
         super().connection_lost(exc)
 
     def _idle(self) -> bool:
-        """Not handling a request: waiting for one (its headers not all come), or for the
-        body of one whose headers came. A request whose body trickles in is no request
-        being handled: otherwise a neighbour's stalled bodies would hold every place,
-        and the app's connections would be the ones shed. (An answer waiting for the
-        peer to read it is not a case: the largest, /openapi.json, is about 20 KB, and
-        a pipelining connection closes after its first.)"""
+        """Not handling a request: waiting for one (its headers not all come), for the
+        body of one whose headers came, or for the peer to read its answer. A request
+        whose body trickles in, or whose answers pile up unread (a neighbour asking for
+        /openapi.json again and again without reading, until the socket's buffers are
+        full and the answer's write waits for good), is no request being handled:
+        otherwise such connections would hold every place, and the app's connections
+        would be the ones shed. The app reads its answers."""
+        if self.writing_paused:
+            return True
         if self.pending_body is not None:
             return not self.pending_body.is_eof()
         # aiohttp's own test of a handler waiting for its next message (_process_keepalive).
         waiter = self._waiter
         return waiter is not None and not waiter.done() and not self._messages
+
+    def _shed(self) -> None:
+        """Closed to keep the bounds: at once, its unsent answers dropped. A close would
+        wait to send them, and a peer that does not read would keep the descriptor."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            transport.abort()
 
     def _handling(self) -> bool:
         return self._request_in_progress  # aiohttp's, set around each request's handler

@@ -203,10 +203,10 @@ def test_shedding_is_logged_once_per_burst(caplog):
 
 
 def test_bounds_leave_room_for_the_rest_of_the_process():
-    assert bounds_for(256) == Bounds(total=128, per_peer=32, backlog=32)
-    assert bounds_for(1024) == Bounds(total=512, per_peer=128, backlog=128)
+    assert bounds_for(256) == Bounds(total=128, per_peer=32, backlog=16)
+    assert bounds_for(1024) == Bounds(total=512, per_peer=128, backlog=64)
     assert bounds_for(1 << 20) == Bounds(MAX_CONNECTIONS, MAX_CONNECTIONS // 4, 128)
     for limit in (16, 64, 100, 256, 1024, 65536):
         bounds = bounds_for(limit)
         assert bounds.per_peer < bounds.total
-        assert bounds.total + 2 * bounds.backlog < max(limit, 64)
+        assert bounds.total + 4 * bounds.backlog < max(limit, 64)

@@ -5,8 +5,10 @@ never finishes its headers is cut off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +24,10 @@ from sidecar.web import Api, build_app
 from tests.fakes.clock import FakeClock
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiohttp.web_protocol import RequestHandler
+
     from sidecar.backends.base import Protection
 
 
@@ -174,3 +180,67 @@ async def test_a_kept_alive_connection_answers_one_request_after_another(served)
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
     writer.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until `condition()` holds, checked on each turn of the loop (at most 30 s)."""
+    async with asyncio.timeout(30):
+        while not condition():  # noqa: ASYNC110  (no event marks these states)
+            await asyncio.sleep(0.005)
+
+
+async def test_a_peer_that_never_reads_its_answers_is_shed_first_and_its_descriptor_freed():
+    """A neighbour asks for /openapi.json (20 KB) again and again, one request after the
+    other's answer, and never reads: once the socket's buffers are full the answer's
+    write waits for good. That is no request being handled. It used to be: never shed,
+    so such connections held an address's every place and the app's were shed; and a
+    plain close would have kept the descriptor, waiting to send what nobody reads."""
+    service = ProtectionService(Policy(), LocalBackend(FakeClock()), SystemClock(), max_leases=10)
+    runner = make_runner(build_app(Api(service, None)), bounds=Bounds(2, per_peer=2, backlog=4))
+    await runner.setup()
+    await listen(runner, "127.0.0.1", 0)
+    port = runner.addresses[0][1]
+    server = runner.server
+    assert server is not None
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    stuck.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(stuck, ("127.0.0.1", port))
+
+    def handler() -> RequestHandler | None:
+        return next(
+            (
+                h
+                for h in server.connections
+                if h.transport is not None
+                and h.transport.get_extra_info("peername")[1] == stuck.getsockname()[1]
+            ),
+            None,
+        )
+
+    try:
+        # One request at a time: the next once the handler waits for it (not pipelined),
+        # until the answers' write waits for the peer, or the peer can send no more.
+        await until(lambda: handler() is not None)
+        with contextlib.suppress(BlockingIOError):
+            while not handler().writing_paused:
+                begun = handler().connection.requests
+                stuck.send(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+                await until(
+                    lambda begun=begun: (
+                        handler().connection.requests > begun
+                        and (handler().writing_paused or handler()._waiter is not None)
+                    )
+                )
+        await until(lambda: handler().writing_paused)
+        stuck_handler = handler()
+        _, fresh = await asyncio.open_connection("127.0.0.1", port)
+        fresh.write(b"POST /busy HTTP/1.1\r\nHost: x\r\n")  # its headers are still to come
+        _, third = await asyncio.open_connection("127.0.0.1", port)  # one past the bound
+        await until(lambda: stuck_handler not in server.connections)  # shed, its socket closed
+        assert len(server.connections) == 2  # the other two stay
+        for writer in (fresh, third):
+            writer.close()
+    finally:
+        stuck.close()
+        await runner.cleanup()
