@@ -28,14 +28,19 @@ def _aiohttp() -> ModuleType:
 
 
 def _unanswered(aiohttp: ModuleType, exc: BaseException) -> bool:
-    """The connection closed (FIN or RST) before a byte of the answer: not a refused
+    """The connection closed (FIN or RST) before an answer came: not a refused
     connection, a timeout, or an answer that is not HTTP."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return True
+    # "Can not write request body": closed before the request was sent whole; aiohttp
+    # keeps the errno of the reset, or none ("Cannot write to closing transport").
     return (
         isinstance(exc, aiohttp.ClientOSError)
         and not isinstance(exc, aiohttp.ClientConnectorError)
-        and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+        and (
+            exc.errno in (errno.ECONNRESET, errno.EPIPE)
+            or isinstance(exc.__cause__, (ConnectionResetError, BrokenPipeError))
+        )
     )
 
 

@@ -90,6 +90,10 @@ class _DeadlineSocket(socket.socket):
 # Named as urllib3's own, which error messages show ("HTTPConnectionPool(host=...").
 class HTTPConnection(urllib3.connection.HTTPConnection):
     def _new_conn(self) -> socket.socket:
+        # Connecting too ends by the deadline (a second attempt comes late in the call).
+        remaining = _remaining()
+        if remaining is not None and isinstance(self.timeout, (int, float)):
+            self.timeout = max(0.001, min(self.timeout, remaining))
         plain = super()._new_conn()
         timeout = plain.gettimeout()
         bounded = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
@@ -131,7 +135,9 @@ class UnansweredRetry(Retry):
         _pool: Any = None,  # noqa: ANN401
         _stacktrace: Any = None,  # noqa: ANN401
     ) -> UnansweredRetry:
-        if self.left > 0 and response is None and _unanswered(error):
+        remaining = _remaining()
+        time_left = remaining is None or remaining > 0
+        if self.left > 0 and response is None and _unanswered(error) and time_left:
             return UnansweredRetry(self.left - 1)
         # No retries left in requests' own policy: this raises.
         return super().increment(method, url, response, error, _pool, _stacktrace)
