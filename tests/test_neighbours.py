@@ -5,6 +5,8 @@ that never finish their headers, and the app's requests from 127.0.0.1 in betwee
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import resource
@@ -12,11 +14,15 @@ import selectors
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import requests
 
-from ecs_protection import Client, busy
+from ecs_protection import AsyncClient, Client, busy
 from tests.processes import SidecarProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 HARD_LIMIT = 256  # file descriptors the sidecar may have open (its hard limit)
 NEIGHBOUR = "127.0.0.2"  # Linux routes the whole of 127.0.0.0/8 to the loopback device
@@ -109,15 +115,38 @@ def the_apps_jobs_are_protected(sidecar: SidecarProcess) -> None:
         assert idle.status_code == 200
 
 
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Until `condition()` (the neighbour's counts move as the sidecar sheds), at most 60 s."""
+    deadline = time.monotonic() + 60
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition()
+
+
+@contextlib.contextmanager
+def flooded_from_the_apps_address(start: bytes) -> Iterator[tuple[SidecarProcess, Neighbour]]:
+    """A sidecar with few descriptors, and a neighbour on 127.0.0.1 (host mode) keeping
+    twice that many connections open, each starting with `start`, one opened for each
+    the sidecar sheds; yields once the sidecar has shed as many as that."""
+    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
+    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", start)
+    neighbour.start()
+    try:
+        wait_for(lambda: neighbour.closed_by_sidecar >= 2 * HARD_LIMIT)
+        yield sidecar, neighbour
+        assert neighbour.is_alive()
+    finally:
+        neighbour.stop()
+        sidecar.stop()
+    assert "Too many open files" not in "".join(sidecar.raw)
+
+
 def test_a_neighbour_holding_twice_the_descriptor_limit_cannot_fail_the_apps_busy():
     sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
     neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT)
     neighbour.start()
     try:
-        deadline = time.monotonic() + 60
-        while neighbour.opened < 2 * HARD_LIMIT and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert neighbour.opened >= 2 * HARD_LIMIT
+        wait_for(lambda: neighbour.opened >= 2 * HARD_LIMIT)
         the_apps_jobs_are_protected(sidecar)
         assert neighbour.closed_by_sidecar > 0  # it was shed, not merely outlasted
         assert neighbour.is_alive()
@@ -143,12 +172,9 @@ def test_stalled_bodies_from_the_apps_own_address_do_not_lock_it_out():
     neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", STALLED_BODY, reopen=False)
     neighbour.start()
     try:
-        # Settled: all sent, and all but the 160 the sidecar may hold open at once (128
-        # and an accepted batch, for 256 descriptors) closed by it.
-        deadline = time.monotonic() + 60
-        while neighbour.closed_by_sidecar < 2 * HARD_LIMIT - 160 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert neighbour.closed_by_sidecar >= 2 * HARD_LIMIT - 160
+        # Settled: all sent, and all but the 144 the sidecar may hold open at once (128
+        # and an accepted batch of 16, for 256 descriptors) closed by it.
+        wait_for(lambda: neighbour.closed_by_sidecar >= 2 * HARD_LIMIT - 144)
         the_apps_jobs_are_protected(sidecar)
         # The app's connections shed the stalled ones down to the 32 an address may hold.
         assert neighbour.closed_by_sidecar >= 2 * HARD_LIMIT - 32
@@ -168,20 +194,8 @@ def test_a_neighbour_on_the_apps_own_address_reopening_every_shed_connection_can
     sheds a turn after accepting, once what has come in is read, and a connection with a
     whole request is not idle. It used to be shed among the neighbour's newer ones before
     its request was read, and every /busy of the app failed."""
-    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
-    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", HEADERS_ONLY)
-    neighbour.start()
-    try:
-        deadline = time.monotonic() + 60
-        while neighbour.closed_by_sidecar < 2 * HARD_LIMIT and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert neighbour.closed_by_sidecar >= 2 * HARD_LIMIT  # it is being shed, and reopens
+    with flooded_from_the_apps_address(HEADERS_ONLY) as (sidecar, _):
         the_apps_jobs_are_protected(sidecar)
-        assert neighbour.is_alive()
-    finally:
-        neighbour.stop()
-        sidecar.stop()
-    assert "Too many open files" not in "".join(sidecar.raw)
 
 
 def test_the_clients_kept_alive_connection_shed_between_jobs_costs_no_job(caplog):
@@ -191,28 +205,16 @@ def test_the_clients_kept_alive_connection_shed_between_jobs_costs_no_job(caplog
     unanswered again on a new one, so every job is protected. Before it did, about
     half the jobs failed."""
     caplog.set_level(logging.WARNING, logger="urllib3")
-    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
-    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", HEADERS_ONLY)
-    neighbour.start()
-
-    def flood_passes() -> None:
-        """Until the neighbour has had more connections shed than an address may hold."""
-        mark, deadline = neighbour.closed_by_sidecar, time.monotonic() + 60
-        while neighbour.closed_by_sidecar < mark + 64 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert neighbour.closed_by_sidecar >= mark + 64
-
-    try:
-        flood_passes()
-        with Client(sidecar.url, strict=True) as client:
-            for _ in range(20):
-                with busy(client=client, require_protection=True, wait_seconds=10) as lease:
-                    assert lease.protected is True
-                flood_passes()  # meanwhile the kept-alive connection is shed
-        assert neighbour.is_alive()
-    finally:
-        neighbour.stop()
-        sidecar.stop()
+    with (
+        flooded_from_the_apps_address(HEADERS_ONLY) as (sidecar, neighbour),
+        Client(sidecar.url, strict=True) as client,
+    ):
+        for _ in range(20):
+            with busy(client=client, require_protection=True, wait_seconds=10) as lease:
+                assert lease.protected is True
+            # Meanwhile more are shed than an address may hold: the kept-alive one too.
+            mark = neighbour.closed_by_sidecar
+            wait_for(lambda mark=mark: neighbour.closed_by_sidecar >= mark + 64)
     # The retry was needed: kept-alive connections were shed under the client.
     assert any("Retrying" in record.getMessage() for record in caplog.records)
 
@@ -228,17 +230,20 @@ def test_a_neighbour_keeping_its_connections_busy_with_pipelined_requests_cannot
     once, what goes is a connection whose request is read but not begun, never the app's
     new one, whose request may not be read yet on that turn. Before, every /busy of the
     app failed (with only the second, each call took about 5 s)."""
-    sidecar = SidecarProcess(preexec_fn=few_file_descriptors).start()
-    neighbour = Neighbour(sidecar.port, 2 * HARD_LIMIT, "127.0.0.1", PIPELINED)
-    neighbour.start()
-    try:
-        deadline = time.monotonic() + 60
-        while neighbour.closed_by_sidecar < 2 * HARD_LIMIT and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert neighbour.closed_by_sidecar >= 2 * HARD_LIMIT
+    with flooded_from_the_apps_address(PIPELINED) as (sidecar, _):
         the_apps_jobs_are_protected(sidecar)
-        assert neighbour.is_alive()
-    finally:
-        neighbour.stop()
-        sidecar.stop()
-    assert "Too many open files" not in "".join(sidecar.raw)
+
+
+async def test_the_async_clients_kept_alive_connection_shed_between_jobs_costs_no_job():
+    """The same with AsyncClient, whose session keeps its connection alive too."""
+    with flooded_from_the_apps_address(HEADERS_ONLY) as (sidecar, neighbour):
+        async with AsyncClient(sidecar.url, strict=True) as client:
+            for _ in range(20):
+                async with busy(
+                    async_client=client, require_protection=True, wait_seconds=10
+                ) as lease:
+                    assert lease.protected is True
+                mark = neighbour.closed_by_sidecar
+                await asyncio.to_thread(
+                    wait_for, lambda mark=mark: neighbour.closed_by_sidecar >= mark + 64
+                )
