@@ -169,11 +169,11 @@ class ConnectionGuard:
     def _cut_one(self, newest: Connection) -> Connection:
         """No room left, now, before this turn's reads: which connection goes.
 
-        First one that has had a request and is idle again (kept alive, or its body
-        stalled), then one with a request read but not begun (a
-        pipelined one: its client had no answer and may send it again), then one that
-        has not sent a whole request yet, else the newest. The busiest peer's oldest
-        first in each. Never a request whose handler runs while its peer reads."""
+        First one that has had a request and is idle again (kept alive, its body
+        stalled, or its answer unread), then one with a request read but not begun (its
+        client had no answer and may send it again), then one that has not sent a whole
+        request yet, else the newest. The busiest peer's oldest first in each. Never a
+        request whose handler runs while its peer reads."""
         best: tuple[int, Connection] | None = None
         for peer in sorted(self._peers, key=lambda peer: -len(self._peers[peer])):
             for conn in self._peers[peer]:

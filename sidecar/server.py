@@ -251,7 +251,8 @@ def make_runner(
         defer=lambda shed: asyncio.get_running_loop().call_later(0, shed),
         batch=bounds.backlog,
     )
-    # First, so that a request counts as being handled from its very start.
+    # First, so that a request is counted, and a body still to come is watched, before
+    # anything else runs on it (the guard reads both).
     app.middlewares.insert(0, _request_begins)
     return Runner(
         app,

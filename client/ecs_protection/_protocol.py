@@ -46,11 +46,12 @@ MAX_TOKEN_FILE_BYTES = 4096
 REQUEST_MARGIN_SECONDS = 5.0
 # A request whose connection closed before a byte of its answer came is sent again, on a
 # new connection, this many times (within the call's deadline). The sidecar never cuts a
-# request it has begun to handle; it closes connections whose request it has not read
-# yet to stay within its connection bounds (a neighbour flooding it, or a kept-alive
-# connection idle between jobs), and the request was not handled. Every request is one
-# that may be repeated: /busy takes or refreshes a named lease, /drain is idempotent, a
-# repeated /idle answers as for a lease already released.
+# request it has begun to handle for a client that reads its answers; it closes
+# connections whose request it has not read yet to stay within its connection bounds (a
+# neighbour flooding it, or a kept-alive connection idle between jobs), and the request
+# was not handled. Every request is one that may be repeated: /busy takes or refreshes a
+# named lease, /drain is idempotent, a repeated /idle answers as for a lease already
+# released.
 UNANSWERED_RETRIES = 2
 # A lease without a TTL outlives a killed worker for as long as its container runs
 # (protection with nobody busy); 60 s with a heartbeat every 20 s bounds that to a minute.
